@@ -1,0 +1,1 @@
+"""Export vision backbones to ONNX / TensorRT into a versioned Triton model repository."""

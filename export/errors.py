@@ -1,0 +1,2 @@
+class ExportError(Exception):
+    """A caller-facing export failure: bad flags, missing weights or tools, failed parity."""

@@ -1,0 +1,191 @@
+"""The Triton model repository: config.pbtxt for each target, atomic version folders.
+
+Configs are built as Triton's own ``ModelConfig`` protobuf and printed with ``text_format``, so
+every file written is, by construction, one Triton can parse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.backbones import PreprocessSpec
+from export.errors import ExportError
+
+TARGETS = ("cpu", "gpu-onnx", "gpu-tensorrt")
+PREPROCESS = "preprocess"
+ENCODER = "image_encoder"
+ENSEMBLE = "image_embedding"
+# Tensor names shared by the ONNX graph, the TensorRT engine and the configs.
+IMAGE, PIXELS, EMBEDDING = "IMAGE", "PIXELS", "EMBEDDING"
+METADATA_FILE = "export.json"
+# Source of the python-backend encoder written next to model.onnx for the cpu target.
+ORT_ENCODER_SOURCE = Path(__file__).parent / "triton_backends" / "onnxruntime_encoder.py"
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 2000
+    encoder_instances: int = 1
+    preprocess_instances: int = 1
+    intra_op_threads: int = 0  # 0: ONNX Runtime picks the core count
+    max_pixels: int = 40_000_000
+    versions_kept: int = 2  # N and N+1 side by side during a rollout
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "encoder_instances", "preprocess_instances",
+                     "versions_kept", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ExportError(f"{name.replace('_', '-')} must be >= 1")
+        if self.max_queue_delay_us < 0 or self.intra_op_threads < 0:
+            raise ExportError("max-queue-delay-us and intra-op-threads must be >= 0")
+
+
+def _params(config: mc.ModelConfig, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = str(value)
+
+
+def encoder_config(
+    target: str, dim: int, spec: PreprocessSpec, opts: ServingOptions
+) -> mc.ModelConfig:
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    c = mc.ModelConfig(name=ENCODER, max_batch_size=opts.max_batch_size)
+    c.version_policy.latest.num_versions = opts.versions_kept
+    c.input.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, spec.height, spec.width])
+    c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[dim])
+    c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    group = c.instance_group.add(count=opts.encoder_instances)
+    if target == "cpu":
+        c.backend = "python"
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+        _params(c, {"intra_op_threads": opts.intra_op_threads})
+    elif target == "gpu-onnx":
+        c.platform = "onnxruntime_onnx"
+        c.default_model_filename = "model.onnx"
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        trt = c.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters.update({
+            "precision_mode": "FP16",
+            "max_workspace_size_bytes": str(1 << 30),
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": "/tmp/visrec-trt-cache",
+        })
+    else:
+        c.platform = "tensorrt_plan"
+        c.default_model_filename = "model.plan"
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+    return c
+
+
+def preprocess_config(spec: PreprocessSpec, opts: ServingOptions) -> mc.ModelConfig:
+    c = mc.ModelConfig(name=PREPROCESS, backend="python", max_batch_size=opts.max_batch_size)
+    c.input.add(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])
+    c.output.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, spec.height, spec.width])
+    c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    c.instance_group.add(count=opts.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    _params(c, {
+        "height": spec.height,
+        "width": spec.width,
+        "resize_shorter": spec.resize_shorter,
+        "interpolation": spec.interpolation,
+        "mean": ",".join(repr(float(x)) for x in spec.mean),
+        "std": ",".join(repr(float(x)) for x in spec.std),
+        "max_pixels": opts.max_pixels,
+    })
+    return c
+
+
+def ensemble_config(dim: int, opts: ServingOptions) -> mc.ModelConfig:
+    c = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=opts.max_batch_size)
+    c.input.add(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])
+    c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[dim])
+    pre = c.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
+    pre.input_map[IMAGE] = IMAGE
+    pre.output_map[PIXELS] = "pixels"
+    enc = c.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
+    enc.input_map[PIXELS] = "pixels"
+    enc.output_map[EMBEDDING] = EMBEDDING
+    return c
+
+
+def to_pbtxt(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_config(repository: Path, config: mc.ModelConfig) -> Path:
+    path = repository / config.name / "config.pbtxt"
+    _atomic_write_text(path, to_pbtxt(config))
+    return path
+
+
+def existing_versions(repository: Path, model: str = ENCODER) -> list[int]:
+    d = repository / model
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_metadata(repository: Path, version: int) -> dict[str, Any] | None:
+    path = repository / ENCODER / str(version) / METADATA_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_version_atomically(
+    repository: Path,
+    version: int,
+    fill: Callable[[Path], dict[str, Any]],
+    *,
+    replace: bool = False,
+) -> Path:
+    """Build ``image_encoder/<version>`` in a staging folder on the same filesystem, then
+    ``rename()`` it into place, so Triton never sees a half-written version. ``fill`` writes the
+    files into the staging folder and returns the metadata stored as export.json."""
+    final = repository / ENCODER / str(version)
+    if final.exists() and not replace:
+        raise ExportError(f"{final} already exists (use --force to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Staging is a hidden folder at the repository root: same filesystem (rename is atomic),
+    # and not a model or version folder Triton is ever asked to load.
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{ENCODER}-{version}-", dir=repository))
+    try:
+        metadata = fill(staging)
+        _atomic_write_text(staging / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+        if final.exists():
+            trash = repository / f".trash-{ENCODER}-{version}-{uuid.uuid4().hex}"
+            os.rename(final, trash)
+            os.rename(staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final

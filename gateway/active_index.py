@@ -1,0 +1,63 @@
+"""Follows the active index pointer: one cached read per refresh interval, not per request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from gateway.domain import IndexInfo
+from gateway.errors import FailedPrecondition, VisrecError
+from gateway.ports import VectorStore
+
+log = logging.getLogger(__name__)
+
+
+class ActiveIndex:
+    def __init__(self, store: VectorStore, refresh_s: float = 1.0) -> None:
+        self._store = store
+        self._refresh_s = refresh_s
+        self._current: IndexInfo | None = None
+        self._read_at = 0.0
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> IndexInfo | None:
+        async with self._lock:
+            info = await self._store.active_index()
+            if info != self._current:
+                log.info("active index is now %s", info)
+            self._current, self._read_at = info, time.monotonic()
+            return info
+
+    async def current(self) -> IndexInfo:
+        """The active index; reads the pointer when the cached value is missing or stale."""
+        info = self._current
+        if info is None or time.monotonic() - self._read_at > self._refresh_s * 5:
+            info = await self.refresh()
+        if info is None:
+            raise FailedPrecondition(
+                "no catalog has been indexed yet: run visrec-ingest (see README)"
+            )
+        return info
+
+    def start(self) -> None:
+        """Refresh in the background so a pointer switch is followed within refresh_s."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="active-index-refresh")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.refresh()
+            except VisrecError as e:  # keep serving the last known index while Milvus is away
+                log.warning("could not refresh the active index: %s", e)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,87 @@
+"""Gateway configuration: a frozen dataclass read once from VISREC_* environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "VISREC_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    grpc_address: str = "[::]:50051"
+    metrics_port: int = 9464  # Prometheus /metrics; 0 disables
+    triton_url: str = "localhost:8001"
+    triton_model: str = "image_embedding"
+    triton_timeout_s: float = 10.0
+    milvus_uri: str = "data/milvus.db"  # a path: Milvus Lite (embedded); http://host:19530: server
+    milvus_token: str = ""
+    milvus_timeout_s: float = 5.0
+    milvus_index_type: str = "AUTOINDEX"
+    index_refresh_s: float = 1.0
+    max_k: int = 1000
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_message_bytes: int = 16 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+
+    def __post_init__(self) -> None:
+        positive = ("triton_timeout_s", "milvus_timeout_s", "index_refresh_s", "max_k",
+                    "max_image_bytes", "max_image_pixels", "max_message_bytes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"{env_name('metrics_port')} must be a port number (0 disables)")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError(f"{env_name('shutdown_grace_s')} must be >= 0")
+        if self.max_image_bytes > self.max_message_bytes:
+            raise ConfigError(
+                f"{env_name('max_image_bytes')} ({self.max_image_bytes}) must not exceed "
+                f"{env_name('max_message_bytes')} ({self.max_message_bytes})"
+            )
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"{env_name('log_format')} must be 'json' or 'text'")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"{env_name('log_level')} must be DEBUG, INFO, WARNING or ERROR")
+        for name in ("grpc_address", "triton_url", "triton_model", "milvus_uri"):
+            if not getattr(self, name):
+                raise ConfigError(f"{env_name(name)} must not be empty")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, type(f.default))
+        return cls(**values)
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is int:
+            return int(raw.strip())
+        if kind is float:
+            return float(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{env_name(name)}={raw!r}: expected {'an integer' if kind is int else 'a number'}"
+        ) from None
+    return raw.strip()

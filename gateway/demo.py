@@ -1,0 +1,184 @@
+"""visrec-demo: the whole path on this machine, then real recommendations.
+
+export (skipped when done) -> Triton on CPU -> demo catalog -> ingest into Milvus Lite (skipped
+when done) -> gateway -> SimilarItems for an emoji and SearchByImage with scikit-image photos.
+Every step reuses what a previous run left, so a second run takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway._pb.visrec.v1 import recommender_pb2 as pb
+from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from gateway.catalog import DEFAULT_OUT, CatalogError, build_catalog
+from gateway.triton_local import DEFAULT_REPOSITORY, TritonLaunchError, TritonServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+
+
+def step(title: str) -> float:
+    print(f"\n\033[1m== {title}\033[0m", flush=True)
+    return time.perf_counter()
+
+
+def done(start: float, what: str = "done") -> None:
+    print(f"   {what} in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(cmd, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"visrec-demo: `{' '.join(cmd[:3])} ...` failed "
+                         f"(exit code {proc.returncode})")
+
+
+def wait_serving(address: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise SystemExit(f"visrec-demo: the gateway at {address} did not become healthy")
+
+
+def show(title: str, reply: pb.Recommendations, seconds: float) -> None:
+    print(f"\n   {title}   [{seconds * 1000:.0f} ms, model v{reply.model_version}, "
+          f"policy {reply.policy}, request {reply.request_id[:8]}]")
+    for rank, hit in enumerate(reply.items, 1):
+        it = hit.item
+        vendor = it.attributes.fields["vendor"].string_value if "vendor" in it.attributes.fields \
+            else ""
+        print(f"   {rank:2d}. {hit.score:.3f}  {it.name[:34]:34s} {it.subcategory:22s} {vendor}")
+
+
+def photo(name: str, fmt: str) -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(getattr(data, name)()).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def query(address: str, item_id: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        twitter = pb.Filter(conditions=[pb.Condition(field="vendor", equals="twitter")])
+        for title, call in (
+            (f"SimilarItems({item_id}, k=8)",
+             lambda: stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_id, k=8), timeout=10)),
+            (f"SimilarItems({item_id}, k=5, vendor == twitter)",
+             lambda: stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_id, k=5,
+                                                              filter=twitter), timeout=10)),
+            ("SearchByImage(scikit-image 'chelsea' JPEG photo of a cat, k=5)",
+             lambda: stub.SearchByImage(pb.SearchByImageRequest(
+                 image=photo("chelsea", "JPEG"), k=5), timeout=30)),
+            ("SearchByImage(scikit-image 'coffee' PNG photo, k=5, category in [Food & Drink])",
+             lambda: stub.SearchByImage(pb.SearchByImageRequest(
+                 image=photo("coffee", "PNG"), k=5, filter=pb.Filter(conditions=[
+                     pb.Condition(field="category",
+                                  any_of=pb.StringSet(values=["Food & Drink"]))])),
+                 timeout=30)),
+        ):
+            start = time.perf_counter()
+            reply = call()
+            show(title, reply, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="visrec-demo",
+        description="Export the default model, start Triton on CPU, ingest the emoji demo "
+                    "catalog into Milvus Lite, start the gateway and print real "
+                    "recommendations. Reuses whatever a previous run built.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--item", default="google:1f34e", help="item for SimilarItems (red apple)")
+    p.add_argument("--grpc-port", type=int, default=50051, help="gateway port")
+    p.add_argument("--metrics-port", type=int, default=9464, help="gateway /metrics port")
+    p.add_argument("--triton-grpc-port", type=int, default=8001)
+    p.add_argument("--triton-http-port", type=int, default=8000)
+    p.add_argument("--triton-metrics-port", type=int, default=8002)
+    p.add_argument("--milvus-uri", default=str(DATA / "milvus.db"))
+    p.add_argument("--serve", action="store_true",
+                   help="keep Triton and the gateway running until Ctrl-C")
+    args = p.parse_args(argv)
+    bin_dir = Path(sys.executable).parent
+    address = f"localhost:{args.grpc_port}"
+
+    t = step("1/5 export EfficientNet-Lite0 (ImageNet weights) to ONNX -> model_repository")
+    run([str(bin_dir / "visrec-export"), "--target", "cpu"])
+    done(t)
+
+    t = step("2/5 start Triton on CPU (tritonserver 2.51 from the nvidia-pytriton wheel)")
+    triton = TritonServer(repository=DEFAULT_REPOSITORY, http_port=args.triton_http_port,
+                          grpc_port=args.triton_grpc_port, metrics_port=args.triton_metrics_port,
+                          log_file=DATA / "triton" / "tritonserver.log")
+    owns_triton = not triton.is_ready()
+    try:
+        if owns_triton:
+            triton.start()
+        else:
+            print(f"   reusing the Triton server already ready at {triton.http_url}")
+    except TritonLaunchError as e:
+        raise SystemExit(f"visrec-demo: {e}") from e
+    done(t, f"ready at {triton.grpc_url}")
+
+    gateway: subprocess.Popen[bytes] | None = None
+    try:
+        t = step("3/5 demo catalog: emoji-datasource google + twitter (npm pack, cached)")
+        try:
+            catalog = build_catalog(DEFAULT_OUT)
+        except CatalogError as e:
+            raise SystemExit(f"visrec-demo: {e}") from e
+        done(t, f"{catalog} ({sum(1 for _ in catalog.open())} items)")
+
+        t = step("4/5 ingest: images -> Triton image_embedding -> Milvus Lite")
+        run([str(bin_dir / "visrec-ingest"), "--catalog", str(catalog), "--milvus-uri",
+             args.milvus_uri, "--triton-url", triton.grpc_url])
+        done(t)
+
+        t = step("5/5 start the gateway")
+        env = {**os.environ, "VISREC_GRPC_ADDRESS": f"[::]:{args.grpc_port}",
+               "VISREC_METRICS_PORT": str(args.metrics_port),
+               "VISREC_TRITON_URL": triton.grpc_url, "VISREC_MILVUS_URI": args.milvus_uri,
+               "VISREC_LOG_FORMAT": "text", "VISREC_LOG_LEVEL": "WARNING"}
+        gateway = subprocess.Popen([str(bin_dir / "visrec-gateway")], env=env)
+        wait_serving(address)
+        done(t, f"serving on {address}, metrics on :{args.metrics_port}/metrics")
+
+        query(address, args.item)
+        if args.serve:
+            print(f"\nServing: gRPC {address} (reflection on), Triton {triton.http_url}. "
+                  "Ctrl-C stops.")
+            gateway.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.terminate()
+            gateway.wait(30)
+        if owns_triton:
+            triton.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Plain data passed between the servicer, the core and the adapters (no I/O, no protobuf)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+AttributeValue = str | float
+FacetType = Literal["string", "number"]
+# Fields every item has; catalog attributes (vendor, added_in, ...) are declared per index.
+BUILTIN_STRING_FIELDS = ("category", "subcategory", "name")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    name: str = ""
+    category: str = ""
+    subcategory: str = ""
+    image_uri: str = ""
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+    def value(self, field_name: str) -> AttributeValue | None:
+        if field_name in BUILTIN_STRING_FIELDS:
+            return str(getattr(self, field_name))
+        return self.attributes.get(field_name)
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    item: Item
+    score: float
+
+
+@dataclass(frozen=True)
+class Equals:
+    field: str
+    value: str
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    field: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    field: str
+    min: float | None = None
+    max: float | None = None
+
+
+Condition = Equals | AnyOf | Range
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """An item collection and the model version whose embeddings fill it."""
+
+    collection: str
+    model_version: str
+    dim: int
+    facets: Mapping[str, FacetType] = field(default_factory=dict)
+    count: int = 0
+
+    def facet_type(self, field_name: str) -> FacetType | None:
+        if field_name in BUILTIN_STRING_FIELDS:
+            return "string"
+        return self.facets.get(field_name)
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    items: list[ScoredItem]
+    model_version: str
+    request_id: str = ""
+    experiment: str = ""
+    arm: str = ""
+    policy: str = ""
+    degraded: str = ""

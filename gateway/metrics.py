@@ -1,0 +1,103 @@
+"""Prometheus metrics (prefix visrec_) and the server interceptor that records them.
+
+The interceptor wraps the awaited handler, so the status code and duration it records are the
+ones the caller saw, aborts included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "visrec_requests", "gRPC requests handled, by method and status code",
+            ["method", "code"], registry=registry)
+        self.latency = Histogram(
+            "visrec_request_duration_seconds", "gRPC request latency, by method and status code",
+            ["method", "code"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.in_flight = Gauge(
+            "visrec_requests_in_flight", "gRPC requests being handled", ["method"],
+            registry=registry)
+        self.stage = Histogram(
+            "visrec_stage_duration_seconds",
+            "Time spent in each stage of a request (decode, embed, lookup, ann, rank, profile)",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.active_model = Gauge(
+            "visrec_active_model_info",
+            "1 for the model version and collection of the active index",
+            ["model_version", "collection"], registry=registry)
+        self.degraded = Counter(
+            "visrec_degraded_responses", "Responses served by a fallback, by method and reason",
+            ["method", "reason"], registry=registry)
+        self.backend_errors = Counter(
+            "visrec_backend_errors", "Failed calls to Triton or Milvus, by backend and status",
+            ["backend", "code"], registry=registry)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)
+
+    def set_active_model(self, model_version: str, collection: str) -> None:
+        self.active_model.clear()
+        self.active_model.labels(model_version, collection).set(1)
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._m = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler  # streaming responses (reflection) are not timed
+
+    def _wrap(self, method: str, behavior: Handler) -> Handler:
+        m = self._m
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            m.in_flight.labels(method).inc()
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except BaseException:
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                m.in_flight.labels(method).dec()
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                m.requests.labels(method, name).inc()
+                m.latency.labels(method, name).observe(time.perf_counter() - start)
+
+        return timed

@@ -1,0 +1,44 @@
+"""The two narrow seams to external systems. Unit tests pass in-memory fakes; integration tests
+the real adapters (TritonEmbedder, MilvusVectorStore)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from gateway.domain import Condition, IndexInfo, Item, ScoredItem
+
+
+class Embedder(Protocol):
+    async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
+        """(len(images), dim) L2-normalised float32 embeddings computed by ``model_version``.
+
+        Raises InvalidArgument for an image the model cannot decode, BackendUnavailable /
+        BackendTimeout when the inference server is down or slow, and FailedPrecondition when it
+        does not serve ``model_version``.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+class VectorStore(Protocol):
+    async def active_index(self) -> IndexInfo | None:
+        """The index the active pointer names, or None before any catalog was ingested."""
+        ...
+
+    async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
+        """Stored vectors of the ids that exist (missing ids are simply absent)."""
+        ...
+
+    async def search(
+        self, index: IndexInfo, vector: np.ndarray, k: int, conditions: Sequence[Condition]
+    ) -> list[ScoredItem]:
+        """Up to k nearest items by cosine similarity, best first, all satisfying conditions."""
+        ...
+
+    async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,190 @@
+"""Wiring: configuration -> adapters -> core -> servicer -> grpc.aio server, health, reflection,
+metrics. ``visrec-gateway`` runs it until SIGTERM / SIGINT, then drains and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from gateway import logs
+from gateway._pb.visrec.v1 import recommender_pb2 as pb
+from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from gateway.active_index import ActiveIndex
+from gateway.config import ConfigError, GatewayConfig
+from gateway.errors import VisrecError
+from gateway.metrics import GatewayMetrics, MetricsInterceptor
+from gateway.milvus_store import MilvusVectorStore
+from gateway.ports import Embedder, VectorStore
+from gateway.recommender import Limits, RecommenderCore
+from gateway.servicer import RecommenderServicer
+from gateway.triton_embedder import TritonEmbedder
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+
+
+@dataclass
+class Gateway:
+    """A built, not yet started, gateway and the pieces it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    index: ActiveIndex
+    embedder: Embedder
+    store: VectorStore
+    metrics: GatewayMetrics
+    grace_s: float
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
+    _watch: asyncio.Task[None] | None = field(default=None, init=False)
+    _metrics_http: Any = field(default=None, init=False)
+
+    async def start(self) -> None:
+        if self.metrics_port is not None:
+            self._metrics_http, _ = start_http_server(self.metrics_port,
+                                                      registry=self.metrics.registry)
+            self.metrics_port = int(self._metrics_http.server_port)
+        await self.server.start()
+        self.index.start()
+        self._watch = asyncio.create_task(self._watch_health(), name="health-watch")
+
+    async def _watch_health(self) -> None:
+        """SERVING once the active index answers; follows it afterwards."""
+        status = None
+        while True:
+            try:
+                info = await self.index.refresh()
+                ok = info is not None
+                if info is not None:
+                    self.metrics.set_active_model(info.model_version, info.collection)
+            except VisrecError as e:
+                log.warning("health: vector store not answering: %s", e)
+                ok = False
+            new = (health_pb2.HealthCheckResponse.SERVING if ok
+                   else health_pb2.HealthCheckResponse.NOT_SERVING)
+            if new != status:
+                status = new
+                for name in ("", SERVICE_NAME):
+                    await self.health.set(name, new)
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        """Flip health to NOT_SERVING, let in-flight calls finish within the grace, close."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_s)
+        await self.index.stop()
+        await self.embedder.close()
+        await self.store.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+
+def build_gateway(
+    config: GatewayConfig,
+    *,
+    embedder: Embedder | None = None,
+    store: VectorStore | None = None,
+    registry: CollectorRegistry | None = None,
+    address: str | None = None,
+    metrics_port: int | None = None,
+) -> Gateway:
+    """Create the server bound to ``address`` (default: the configured one; "[::]:0" picks a
+    free port) and, when started, /metrics on ``metrics_port`` (default: the configured one;
+    0 picks a free port). Adapters may be passed in (tests); otherwise they come from the
+    configuration."""
+    embedder = embedder or TritonEmbedder(config.triton_url, config.triton_model,
+                                          config.triton_timeout_s)
+    store = store or MilvusVectorStore(config.milvus_uri, config.milvus_token,
+                                       config.milvus_timeout_s, config.milvus_index_type)
+    metrics = GatewayMetrics(registry or CollectorRegistry())
+    index = ActiveIndex(store, config.index_refresh_s)
+    core = RecommenderCore(
+        embedder, store, index,
+        Limits(max_k=config.max_k, max_image_bytes=config.max_image_bytes,
+               max_image_pixels=config.max_image_pixels),
+        observe_stage=metrics.observe_stage,
+    )
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ]
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)], options=options)
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(core), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(address or config.grpc_address)
+    if port == 0:
+        raise ConfigError(f"cannot bind the gRPC server to {address or config.grpc_address}")
+    if metrics_port is None and config.metrics_port:
+        metrics_port = config.metrics_port
+    return Gateway(server, port, health_servicer, index, embedder, store, metrics,
+                   config.shutdown_grace_s, metrics_port)
+
+
+async def serve(config: GatewayConfig) -> None:
+    gateway = build_gateway(config)
+    await gateway.start()
+    log.info("visrec gateway listening on port %d (metrics :%d, Triton %s, Milvus %s)",
+             gateway.port, config.metrics_port, config.triton_url, config.milvus_uri)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0fs", config.shutdown_grace_s)
+    await gateway.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from gateway.config import env_name
+
+    parser = argparse.ArgumentParser(
+        prog="visrec-gateway",
+        description="Serve visrec.v1.Recommender over gRPC (with grpc.health.v1 and server "
+                    "reflection) and Prometheus metrics. Configured only through environment "
+                    "variables:",
+        epilog="\n".join(
+            f"  {env_name(f.name)} (default {f.default!r})"
+            for f in GatewayConfig.__dataclass_fields__.values()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
+    try:
+        config = GatewayConfig.from_env()
+    except ConfigError as e:
+        print(f"visrec-gateway: configuration error: {e}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level, config.log_format)
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as e:
+        print(f"visrec-gateway: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

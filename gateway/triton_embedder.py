@@ -1,0 +1,114 @@
+"""TritonEmbedder: image bytes -> embeddings through Triton's image_embedding ensemble (gRPC).
+
+Every call carries a client-side deadline. Triton's status codes are translated here: a request
+the preprocess model could not decode is the caller's mistake (InvalidArgument); everything else
+means the inference server is unavailable or slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import BackendTimeout, BackendUnavailable, FailedPrecondition, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+ENCODER_MODEL = "image_encoder"
+INPUT, OUTPUT = "IMAGE", "EMBEDDING"
+ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
+class TritonEmbedder:
+    def __init__(self, url: str, model: str = "image_embedding", timeout_s: float = 10.0,
+                 version_check_s: float = 1.0) -> None:
+        self.url = url
+        self.model = model
+        self._timeout = timeout_s
+        self._client: Any = None
+        self._version_check_s = version_check_s
+        self._served: tuple[float, str | None] = (0.0, None)
+
+    def _grpc(self) -> Any:
+        if self._client is None:  # created inside the running event loop
+            from tritonclient.grpc.aio import InferenceServerClient
+
+            self._client = InferenceServerClient(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._grpc().is_model_ready(self.model), 2.0))
+        except Exception:
+            return False
+
+    async def served_version(self) -> str | None:
+        """The image_encoder version the ensemble resolves to (the newest ready one)."""
+        checked_at, version = self._served
+        if time.monotonic() - checked_at < self._version_check_s:
+            return version
+        try:
+            index = await asyncio.wait_for(
+                self._grpc().get_model_repository_index(as_json=True), self._timeout)
+        except Exception as e:
+            raise _translate(e, self.url) from e
+        ready = [int(m["version"]) for m in index.get("models", [])
+                 if m.get("name") == ENCODER_MODEL and m.get("state") == "READY"
+                 and str(m.get("version", "")).isdigit()]
+        version = str(max(ready)) if ready else None
+        self._served = (time.monotonic(), version)
+        return version
+
+    async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        # The ensemble runs the newest ready encoder; refuse rather than mix embedding spaces.
+        served = await self.served_version()
+        if served != model_version:
+            raise FailedPrecondition(
+                f"Triton serves image_encoder version {served or 'none'}, but the active index "
+                f"holds version {model_version} embeddings"
+            )
+        batch = np.empty((len(images), 1), dtype=object)
+        for i, data in enumerate(images):
+            batch[i, 0] = data
+        inp = InferInput(INPUT, list(batch.shape), "BYTES")
+        inp.set_data_from_numpy(batch)
+        try:
+            result = await self._grpc().infer(
+                self.model, [inp], outputs=[InferRequestedOutput(OUTPUT)],
+                client_timeout=self._timeout,
+            )
+        except Exception as e:
+            raise _translate(e, self.url) from e
+        out = result.as_numpy(OUTPUT)
+        if out is None:
+            raise BackendUnavailable(f"Triton ({self.url}) returned no {OUTPUT} tensor")
+        return np.asarray(out, dtype=np.float32)
+
+
+def _translate(error: Exception, url: str) -> Exception:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, TimeoutError):
+        return BackendTimeout(f"Triton ({url}) did not answer in time")
+    if not isinstance(error, InferenceServerException):
+        return BackendUnavailable(f"Triton ({url}): {type(error).__name__}: {error}")
+    status, message = str(error.status() or ""), error.message() or ""
+    if status.endswith("INVALID_ARGUMENT"):
+        # Strip Triton's "in ensemble 'image_embedding', " prefix: the caller sent the image.
+        return InvalidArgument(f"image rejected: {re.sub(ENSEMBLE_PREFIX, '', message)}")
+    if status.endswith("DEADLINE_EXCEEDED") or "Deadline Exceeded" in message:
+        return BackendTimeout(f"Triton ({url}) did not answer in time")
+    return BackendUnavailable(f"Triton ({url}) unavailable: {message or status}")

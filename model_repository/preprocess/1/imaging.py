@@ -1,0 +1,94 @@
+"""Decode encoded images and turn them into a backbone's FP32 CHW input.
+
+Pure numpy + Pillow, no Triton imports: the preprocess model uses it inside Triton and the tests
+import it directly. It reproduces timm's / torchvision's eval transform on PIL images
+(resize the shorter side, centre crop, scale to [0, 1], normalise).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+# Transparent pixels become white: catalog cut-outs (emoji, product shots) sit on white.
+BACKGROUND = (255, 255, 255)
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image, or one too large to decode safely."""
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Encoded bytes -> an RGB image, upright (EXIF orientation), alpha composited on white."""
+    if not data:
+        raise ImageDecodeError("empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}"
+                )
+            img.draft("RGB", (w, h))  # JPEG: decode straight to RGB
+            img.load()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError("not a recognised image format") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"image is too large: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"cannot decode image: {e}") from e
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits before RGB (Pillow would clip instead).
+        arr = np.asarray(img, dtype=np.float32)
+        peak = max(float(arr.max()), 1.0)
+        img = Image.fromarray((arr * (255.0 / max(peak, 255.0))).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def to_pixels(
+    img: Image.Image,
+    *,
+    height: int,
+    width: int,
+    resize_shorter: int,
+    interpolation: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> np.ndarray:
+    """RGB image -> FP32 (3, height, width), as timm's eval transform computes it."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize_shorter, int(resize_shorter * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), RESAMPLE[interpolation])
+    if new_w < width or new_h < height:  # crop larger than the image: pad like torchvision
+        padded = Image.new("RGB", (max(new_w, width), max(new_h, height)), (0, 0, 0))
+        padded.paste(img, ((padded.width - new_w) // 2, (padded.height - new_h) // 2))
+        img, (new_w, new_h) = padded, padded.size
+    top = round((new_h - height) / 2.0)
+    left = round((new_w - width) / 2.0)
+    img = img.crop((left, top, left + width, top + height))
+    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))

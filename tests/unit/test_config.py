@@ -1,0 +1,28 @@
+import pytest
+
+from gateway.config import ConfigError, GatewayConfig
+
+
+def test_defaults_are_valid():
+    c = GatewayConfig.from_env({})
+    assert c.grpc_address == "[::]:50051" and c.max_k == 1000
+
+
+def test_reads_prefixed_variables_with_types():
+    c = GatewayConfig.from_env({"VISREC_MAX_K": "50", "VISREC_TRITON_TIMEOUT_S": "2.5",
+                                "VISREC_MILVUS_URI": "http://milvus:19530", "OTHER": "x"})
+    assert (c.max_k, c.triton_timeout_s, c.milvus_uri) == (50, 2.5, "http://milvus:19530")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"VISREC_MAX_K": "ten"}, "VISREC_MAX_K='ten': expected an integer"),
+    ({"VISREC_MAX_K": "0"}, "VISREC_MAX_K must be > 0"),
+    ({"VISREC_TRITON_TIMEOUT_S": "soon"}, "VISREC_TRITON_TIMEOUT_S='soon': expected a number"),
+    ({"VISREC_METRICS_PORT": "70000"}, "VISREC_METRICS_PORT"),
+    ({"VISREC_LOG_FORMAT": "xml"}, "VISREC_LOG_FORMAT"),
+    ({"VISREC_MILVUS_URI": " "}, "VISREC_MILVUS_URI must not be empty"),
+    ({"VISREC_MAX_IMAGE_BYTES": "99999999"}, "must not exceed VISREC_MAX_MESSAGE_BYTES"),
+])
+def test_bad_values_fail_naming_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        GatewayConfig.from_env(env)

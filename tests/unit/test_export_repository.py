@@ -1,0 +1,103 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export import repository as repo
+from export.backbones import PreprocessSpec
+from export.cli import build_parser
+from export.errors import ExportError
+
+SPEC = PreprocessSpec(224, 224, 256, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+OPTS = repo.ServingOptions()
+
+
+@pytest.mark.parametrize("target", repo.TARGETS)
+def test_encoder_config_for_every_target_parses_into_model_config(target, tmp_path):
+    path = repo.write_config(tmp_path, repo.encoder_config(target, 1280, SPEC, OPTS))
+    parsed = repo.parse_pbtxt(path.read_text())
+    assert parsed.name == "image_encoder" and parsed.max_batch_size == 64
+    assert [i.name for i in parsed.input] == ["PIXELS"]
+    assert list(parsed.input[0].dims) == [3, 224, 224]
+    assert list(parsed.output[0].dims) == [1280]
+    assert parsed.HasField("dynamic_batching")
+    assert parsed.version_policy.latest.num_versions == 2
+    kind = parsed.instance_group[0].kind
+    if target == "cpu":
+        assert parsed.backend == "python" and kind == mc.ModelInstanceGroup.KIND_CPU
+    elif target == "gpu-onnx":
+        assert parsed.platform == "onnxruntime_onnx" and kind == mc.ModelInstanceGroup.KIND_GPU
+        trt = parsed.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    else:
+        assert parsed.platform == "tensorrt_plan" and parsed.default_model_filename == "model.plan"
+
+
+def test_preprocess_and_ensemble_configs_parse_and_connect(tmp_path):
+    pre_path = repo.write_config(tmp_path, repo.preprocess_config(SPEC, OPTS))
+    ens_path = repo.write_config(tmp_path, repo.ensemble_config(1280, OPTS))
+    pre, ens = repo.parse_pbtxt(pre_path.read_text()), repo.parse_pbtxt(ens_path.read_text())
+    assert pre.input[0].data_type == mc.TYPE_STRING
+    assert pre.parameters["resize_shorter"].string_value == "256"
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["preprocess", "image_encoder"]
+    assert steps[0].output_map["PIXELS"] == steps[1].input_map["PIXELS"]
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(ExportError, match="unknown target"):
+        repo.encoder_config("tpu", 8, SPEC, OPTS)
+
+
+def test_serving_options_are_validated():
+    with pytest.raises(ExportError, match="max-batch-size"):
+        repo.ServingOptions(max_batch_size=0)
+
+
+def test_version_folder_appears_whole_or_not_at_all(tmp_path):
+    def fill_then_fail(staging: Path) -> dict:
+        (staging / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("killed half-way")
+
+    with pytest.raises(RuntimeError):
+        repo.write_version_atomically(tmp_path, 1, fill_then_fail)
+    assert not (tmp_path / "image_encoder" / "1").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
+
+    final = repo.write_version_atomically(
+        tmp_path, 1, lambda d: (d / "model.onnx").write_bytes(b"v1") and {"v": 1})
+    assert (final / "model.onnx").read_bytes() == b"v1"
+    assert repo.read_metadata(tmp_path, 1) == {"v": 1}
+    with pytest.raises(ExportError, match="already exists"):
+        repo.write_version_atomically(tmp_path, 1, lambda d: {})
+    repo.write_version_atomically(
+        tmp_path, 1, lambda d: (d / "model.onnx").write_bytes(b"v1b") and {"v": 2}, replace=True)
+    assert (final / "model.onnx").read_bytes() == b"v1b"
+    assert repo.existing_versions(tmp_path) == [1]
+
+
+def test_every_flag_is_explained_in_help():
+    parser = build_parser()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+
+
+def test_tensorrt_target_without_tensorrt_stops_with_a_message_not_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.cli", "--target", "gpu-tensorrt",
+         "--repository", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "needs TensorRT and an NVIDIA GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "image_encoder").exists()
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.cli", "--weights", str(tmp_path / "nope.pth"),
+         "--repository", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
