@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -22,6 +21,7 @@ class ActiveIndex:
         self._read_at = 0.0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def refresh(self) -> IndexInfo | None:
         async with self._lock:
@@ -48,7 +48,7 @@ class ActiveIndex:
             self._task = asyncio.create_task(self._loop(), name="active-index-refresh")
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
@@ -56,8 +56,16 @@ class ActiveIndex:
                 log.warning("could not refresh the active index: %s", e)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
+
+
+async def stop_task(task: asyncio.Task[None], wait_s: float = 5.0) -> None:
+    """Cancel a background loop and wait for it, boundedly: loops also check a stop flag,
+    so even a cancellation lost inside a library call ends them at their next turn."""
+    task.cancel()
+    await asyncio.wait([task], timeout=wait_s)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.warning("background task %s failed: %r", task.get_name(), task.exception())

@@ -98,7 +98,9 @@ class MilvusVectorStore:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(self._sync, fn, *args, **kwargs)
         try:
-            return await asyncio.wait_for(asyncio.to_thread(call), self._timeout + 1.0)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(self._timeout + 1.0):
+                return await asyncio.to_thread(call)
         except TimeoutError as e:
             raise BackendTimeout(f"Milvus ({self.uri}) did not answer within "
                                  f"{self._timeout:.1f}s") from e

@@ -4,7 +4,6 @@ metrics. ``visrec-gateway`` runs it until SIGTERM / SIGINT, then drains and stop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -19,7 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from gateway import logs
 from gateway._pb.visrec.v1 import recommender_pb2 as pb
 from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.active_index import ActiveIndex
+from gateway.active_index import ActiveIndex, stop_task
 from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import VisrecError
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
@@ -47,9 +46,12 @@ class Gateway:
     grace_s: float
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
     _watch: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopping: bool = field(default=False, init=False)
     _metrics_http: Any = field(default=None, init=False)
 
     async def start(self) -> None:
+        for name in ("", SERVICE_NAME):  # until the vector store has answered
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.metrics_port is not None:
             self._metrics_http, _ = start_http_server(self.metrics_port,
                                                       registry=self.metrics.registry)
@@ -61,7 +63,7 @@ class Gateway:
     async def _watch_health(self) -> None:
         """SERVING once the active index answers; follows it afterwards."""
         status = None
-        while True:
+        while not self._stopping:
             try:
                 info = await self.index.refresh()
                 ok = info is not None
@@ -80,10 +82,9 @@ class Gateway:
 
     async def stop(self) -> None:
         """Flip health to NOT_SERVING, let in-flight calls finish within the grace, close."""
+        self._stopping = True
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await stop_task(self._watch)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_s)
         await self.index.stop()

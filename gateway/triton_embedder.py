@@ -49,7 +49,8 @@ class TritonEmbedder:
 
     async def ready(self) -> bool:
         try:
-            return bool(await asyncio.wait_for(self._grpc().is_model_ready(self.model), 2.0))
+            async with asyncio.timeout(2.0):
+                return bool(await self._grpc().is_model_ready(self.model))
         except Exception:
             return False
 
@@ -59,8 +60,8 @@ class TritonEmbedder:
         if time.monotonic() - checked_at < self._version_check_s:
             return version
         try:
-            index = await asyncio.wait_for(
-                self._grpc().get_model_repository_index(as_json=True), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                index = await self._grpc().get_model_repository_index(as_json=True)
         except Exception as e:
             raise _translate(e, self.url) from e
         ready = [int(m["version"]) for m in index.get("models", [])

@@ -1,0 +1,38 @@
+"""The README's first command, as a newcomer runs it (minus set-up, which the test command did):
+export -> Triton -> catalog -> ingest -> gateway -> real recommendations printed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, free_port
+
+
+@pytest.mark.timeout(1200)
+def test_main_job_prints_real_recommendations(tmp_path):
+    demo = Path(sys.executable).parent / "visrec-demo"
+    ports = [str(free_port()) for _ in range(5)]
+    cmd = [str(demo), "--grpc-port", ports[0], "--metrics-port", ports[1],
+           "--triton-grpc-port", ports[2], "--triton-http-port", ports[3],
+           "--triton-metrics-port", ports[4], "--milvus-uri", str(tmp_path / "demo.db")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          check=False)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SimilarItems(google:1f34e, k=8)" in out
+    similar = out.split("SimilarItems(google:1f34e, k=8)")[1].split("SimilarItems(")[0]
+    assert "Red Apple" in similar and "food-fruit" in similar
+    filtered = out.split("vendor == twitter)")[1].split("SearchByImage(")[0]
+    assert filtered.count("twitter") == 5 and "google" not in filtered
+    assert out.count("SearchByImage(") == 2 and "model v1" in out
+
+    # A second run reuses the export, the catalog and the index.
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds this export" in again.stderr
+    assert "0 embedded" in again.stdout and "3822 already there" in again.stdout

@@ -1,0 +1,159 @@
+"""Real servers, started once per test session: Triton on CPU (the model exported by the project's
+own export), Milvus Lite with the whole demo catalog ingested, a Milvus standalone server, and the
+gateway in-process on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from export.cli import SOURCE_REPOSITORY, build_parser
+from export.cli import run as run_export
+from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from gateway.catalog import build_catalog
+from gateway.config import GatewayConfig
+from gateway.ingest import IngestReport, ingest
+from gateway.milvus_store import MilvusVectorStore
+from gateway.server import Gateway, build_gateway
+from gateway.triton_embedder import TritonEmbedder
+from gateway.triton_local import TritonServer
+from tests.support import ROOT, free_port
+
+
+@pytest.fixture(scope="session")
+def model_repository() -> Path:
+    """The project's repository with the default model exported (idempotent, like `make run`)."""
+    run_export(build_parser().parse_args(["--target", "cpu", "--quiet"]))
+    return SOURCE_REPOSITORY
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[TritonServer]:
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    server = TritonServer(repository=model_repository, http_port=free_port(),
+                          grpc_port=free_port(), metrics_port=free_port(), log_file=log)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Path:
+    return build_catalog()
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("milvus") / "visrec.db")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def ingested(triton: TritonServer, catalog: Path, milvus_lite_uri: str
+                   ) -> AsyncIterator[IngestReport]:
+    """The whole demo catalog embedded through Triton into Milvus Lite, and made active."""
+    store = MilvusVectorStore(milvus_lite_uri, timeout_s=60)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
+    try:
+        yield await ingest(catalog, store, embedder, progress=False)
+    finally:
+        await embedder.close()
+        await store.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def gateway(triton: TritonServer, milvus_lite_uri: str, ingested: IngestReport
+                  ) -> AsyncIterator[Gateway]:
+    config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=milvus_lite_uri, max_k=1000,
+                           index_refresh_s=0.5)
+    gw = build_gateway(config, address="127.0.0.1:0", metrics_port=0)
+    await gw.start()
+    await wait_serving(f"127.0.0.1:{gw.port}")
+    yield gw
+    await gw.stop()
+
+
+async def wait_serving(address: str, within_s: float = 60.0) -> None:
+    """Health is NOT_SERVING until the vector store answered; wait for SERVING."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        deadline = time.monotonic() + within_s
+        while True:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            assert time.monotonic() < deadline, f"gateway at {address} never became SERVING"
+            await asyncio.sleep(0.2)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.RecommenderStub:
+    return pb_grpc.RecommenderStub(channel)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus 2.3.5 standalone server (pip package `milvus`); yields its URI."""
+    binary = shutil.which("milvus-server", path=str(Path(ROOT, ".venv", "bin")))
+    assert binary, "milvus-server not installed: run scripts/setup"
+    # Its etcd, metrics (9091) and internal ports are fixed: a leftover server would answer
+    # in its place, so refuse to start beside one.
+    assert not _listening(9091), "port 9091 is taken (a Milvus server already running?)"
+    data = tmp_path_factory.mktemp("milvus-server")
+    port = free_port()
+    log = (data / "milvus.log").open("wb")
+    proc = subprocess.Popen([binary, "--data", str(data), "--proxy-port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while not (_healthy("http://127.0.0.1:9091/healthz") and _listening(port)):
+            assert proc.poll() is None, f"milvus-server exited; see {data / 'milvus.log'}"
+            assert time.monotonic() < deadline, "milvus-server not healthy after 120s"
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        # SIGINT is the wrapper's own stop path (it stops `milvus run standalone`, its child);
+        # whatever of the process group is left after that is killed.
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _listening(9091) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False

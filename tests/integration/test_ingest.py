@@ -1,0 +1,89 @@
+"""visrec-ingest: resumes where it stopped and isolates images Triton cannot decode."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from gateway.errors import VisrecError
+from gateway.ingest import CatalogFormatError, ingest, read_catalog
+from gateway.milvus_store import MilvusVectorStore
+from gateway.triton_embedder import TritonEmbedder
+from tests.support import truncated_png
+
+
+def _small_catalog(catalog, tmp_path, n: int, corrupt: int | None = None):
+    rows = [json.loads(line) for line in catalog.read_text().splitlines()[:n]]
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for i, row in enumerate(rows):
+        target = tmp_path / "images" / f"{i}.png"
+        if i == corrupt:
+            target.write_bytes(truncated_png())
+        else:
+            shutil.copyfile(catalog.parent / row["image"], target)
+        row["image"] = f"images/{i}.png"
+    path = tmp_path / f"catalog-{n}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+async def test_interrupted_ingest_resumes_without_re_embedding(triton, catalog, tmp_path):
+    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
+    first = await ingest(_small_catalog(catalog, tmp_path, 40), store, embedder,
+                         batch_size=8, progress=False, activate=False)
+    assert (first.embedded, first.reused, first.activated) == (40, 0, False)
+    assert await store.active_index() is None  # not switched: the gateway saw nothing
+    # The "rest of the run": a catalog of 100 whose first 40 are already in the collection.
+    second = await ingest(_small_catalog(catalog, tmp_path, 100), store, embedder,
+                          batch_size=8, progress=False)
+    assert (second.embedded, second.reused) == (60, 40)
+    info = await store.active_index()
+    assert info is not None and info.count == 100 and info.dim == 1280
+    assert info.facets["vendor"] == "string" and info.facets["added_in"] == "number"
+    again = await ingest(_small_catalog(catalog, tmp_path, 100), store, embedder,
+                         progress=False)
+    assert (again.embedded, again.reused) == (0, 100)
+    await embedder.close()
+    await store.close()
+
+
+async def test_a_corrupt_catalog_image_is_skipped_and_reported(triton, catalog, tmp_path):
+    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
+    report = await ingest(_small_catalog(catalog, tmp_path, 20, corrupt=5), store, embedder,
+                          batch_size=8, progress=False)
+    assert report.embedded == 19 and len(report.skipped) == 1
+    _, reason = report.skipped[0]
+    assert "cannot decode" in reason
+    assert store.count(report.collection) == 19
+    await embedder.close()
+    await store.close()
+
+
+async def test_ingest_refuses_a_version_triton_does_not_serve(triton, catalog, tmp_path):
+    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
+    with pytest.raises(VisrecError, match="serves image_encoder version 1"):
+        await ingest(_small_catalog(catalog, tmp_path, 4), store, embedder,
+                     model_version="7", progress=False)
+    await embedder.close()
+    await store.close()
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"image": "a.png"}', "'id' must be"),
+    ('{"id": "a"}', "'image' must be"),
+    ('{"id": "a", "image": "a.png", "bad key": 1}', "not an identifier"),
+    ('{"id": "a", "image": "a.png", "tags": [1]}', "string or a number"),
+    ('not json', "not JSON"),
+    ('{"id": "a", "image": "a.png"}\n{"id": "a", "image": "b.png"}', "duplicate id"),
+])
+def test_malformed_catalog_lines_fail_with_their_line_number(tmp_path, line, message):
+    path = tmp_path / "c.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(CatalogFormatError, match=message) as err:
+        read_catalog(path)
+    assert "c.jsonl:" in str(err.value)
