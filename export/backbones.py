@@ -164,8 +164,12 @@ def _torchvision_backbone(
     return model, spec
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS) -> Backbone:
-    """``name`` is ``timm:<arch>`` or ``torchvision:<arch>``; ``weights`` a local checkpoint."""
+def build_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS,
+                   crop_pct: float | None = None) -> Backbone:
+    """``name`` is ``timm:<arch>`` or ``torchvision:<arch>``; ``weights`` a local checkpoint.
+    ``crop_pct`` overrides the backbone's centre crop (1.0 keeps the whole image)."""
+    import dataclasses
+
     import torch
 
     source, _, arch = name.partition(":")
@@ -178,6 +182,10 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS)
     state = _load_state_dict(path)
     build = _timm_backbone if source == "timm" else _torchvision_backbone
     module, spec = build(arch, state, str(path))
+    if crop_pct is not None:
+        if not 0.1 <= crop_pct <= 1.0:
+            raise ExportError(f"crop-pct must be within [0.1, 1.0], got {crop_pct}")
+        spec = dataclasses.replace(spec, resize_shorter=int(spec.height / crop_pct))
     module.eval()
     with torch.no_grad():
         dim = int(module(torch.zeros(1, 3, spec.height, spec.width)).shape[-1])

@@ -45,7 +45,8 @@ def test_local_checkpoint_exports_with_parity(tmp_path, backbone, factory, dim, 
     assert (repo / "preprocess" / "1" / "model.py").exists()
     # Idempotent: the same export again reuses version 1; a new flag value is a new version.
     assert run(args) == 1
-    assert run(build_parser().parse_args([*vars_to_argv(args), "--opset", "17"])) == 2
+    assert run(build_parser().parse_args([*vars_to_argv(args), "--crop-pct", "1.0"])) == 2
+    assert read_metadata(repo, 2)["preprocess"]["resize_shorter"] == size
 
 
 def vars_to_argv(args) -> list[str]:
