@@ -8,6 +8,7 @@ vendor, ...). The same emoji drawn by two vendors gives a labelled cross-vendor 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -22,6 +23,14 @@ DEFAULT_CACHE = ROOT / "data" / "cache" / "npm"
 DEFAULT_VENDORS = ("google", "twitter")
 PACKAGE_VERSION = "16.0.0"
 CATALOG_FILE = "emoji.jsonl"
+# Release dates of Emoji versions (first of the month), so items carry a created_at for the
+# recency policy. Versions below 1.0 are the emoji that entered Unicode 6 and 7.
+EMOJI_RELEASES = {
+    0.6: "2010-10-01", 0.7: "2014-06-01", 1.0: "2015-06-01", 2.0: "2015-11-01",
+    3.0: "2016-06-01", 4.0: "2016-11-01", 5.0: "2017-06-01", 11.0: "2018-06-01",
+    12.0: "2019-03-01", 12.1: "2019-10-01", 13.0: "2020-03-01", 13.1: "2020-09-01",
+    14.0: "2021-09-01", 15.0: "2022-09-01", 15.1: "2023-09-01", 16.0: "2024-09-01",
+}
 
 
 class CatalogError(RuntimeError):
@@ -90,6 +99,9 @@ def extract_vendor(tarball: Path, vendor: str, out: Path) -> list[dict[str, Any]
         }
         if (added := _added_in(e.get("added_in"))) is not None:
             row["added_in"] = added
+            if added in EMOJI_RELEASES:
+                released = dt.datetime.fromisoformat(EMOJI_RELEASES[added] + "T00:00:00+00:00")
+                row["created_at"] = int(released.timestamp())
         rows.append(row)
     rows.sort(key=lambda r: r["id"])
     return rows
@@ -100,7 +112,7 @@ def build_catalog(out: Path = DEFAULT_OUT, vendors: tuple[str, ...] = DEFAULT_VE
     """Write out/emoji.jsonl (idempotent: an up-to-date catalog is kept as it is)."""
     catalog = out / CATALOG_FILE
     stamp = out / ".built-from"
-    want = json.dumps({"vendors": list(vendors), "version": version})
+    want = json.dumps({"vendors": list(vendors), "version": version, "format": 2})
     if catalog.exists() and stamp.exists() and stamp.read_text() == want:
         return catalog
     out.mkdir(parents=True, exist_ok=True)

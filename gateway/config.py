@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.experiments import Experiment, ExperimentConfigError, parse_experiment
+from gateway.profiles import DEFAULT_WEIGHTS, WeightsError, parse_weights
+
 PREFIX = "VISREC_"
 
 
@@ -34,6 +37,20 @@ class GatewayConfig:
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
+    # A/B experiment (see README): name, arms "name=policy:weight, ...", hashing salt, and
+    # whether request metadata x-visrec-arm may force an arm (for QA only).
+    experiment: str = ""
+    experiment_arms: str = ""
+    experiment_salt: str = ""
+    experiment_override: bool = False
+    # Personalisation
+    interaction_weights: str = DEFAULT_WEIGHTS
+    profile_rate: float = 0.3  # how far one weight-1 interaction moves a profile
+    recent_items: int = 50  # remembered per user (exclude_seen, re-embedding on rollout)
+    overfetch: int = 5  # candidates fetched per requested item before ranking
+    max_candidates: int = 1000
+    recent_queries: int = 10  # most recent items that query the index (multi-interest)
+    popular_refresh_s: float = 30.0
 
     def __post_init__(self) -> None:
         positive = ("triton_timeout_s", "milvus_timeout_s", "index_refresh_s", "max_k",
@@ -57,6 +74,28 @@ class GatewayConfig:
         for name in ("grpc_address", "triton_url", "triton_model", "milvus_uri"):
             if not getattr(self, name):
                 raise ConfigError(f"{env_name(name)} must not be empty")
+        for name in ("recent_items", "overfetch", "max_candidates", "popular_refresh_s",
+                     "recent_queries"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.profile_rate <= 1:
+            raise ConfigError(f"{env_name('profile_rate')} must be within (0, 1]")
+        self.experiment_config()
+        self.weights()
+
+    def experiment_config(self) -> Experiment:
+        try:
+            return parse_experiment(self.experiment, self.experiment_arms, self.experiment_salt,
+                                    arms_var=env_name("experiment_arms"),
+                                    name_var=env_name("experiment"))
+        except ExperimentConfigError as e:
+            raise ConfigError(str(e)) from None
+
+    def weights(self) -> dict[str, float]:
+        try:
+            return parse_weights(self.interaction_weights)
+        except WeightsError as e:
+            raise ConfigError(f"{env_name('interaction_weights')}: {e}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -75,6 +114,13 @@ def env_name(field: str) -> str:
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{env_name(name)}={raw!r}: expected true or false")
     try:
         if kind is int:
             return int(raw.strip())

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import grpc
@@ -59,8 +60,10 @@ def wait_serving(address: str, timeout: float = 60.0) -> None:
 
 
 def show(title: str, reply: pb.Recommendations, seconds: float) -> None:
-    print(f"\n   {title}   [{seconds * 1000:.0f} ms, model v{reply.model_version}, "
-          f"policy {reply.policy}, request {reply.request_id[:8]}]")
+    arm = f"arm {reply.arm}, " if reply.experiment else ""
+    degraded = f", fallback: {reply.degraded}" if reply.degraded else ""
+    print(f"\n   {title}   [{seconds * 1000:.0f} ms, model v{reply.model_version}, {arm}"
+          f"policy {reply.policy}{degraded}, request {reply.request_id[:8]}]")
     for rank, hit in enumerate(reply.items, 1):
         it = hit.item
         vendor = it.attributes.fields["vendor"].string_value if "vendor" in it.attributes.fields \
@@ -100,6 +103,22 @@ def query(address: str, item_id: str) -> None:
             start = time.perf_counter()
             reply = call()
             show(title, reply, time.perf_counter() - start)
+
+        user = f"demo-{uuid.uuid4().hex[:6]}"
+        start = time.perf_counter()
+        show(f"Recommend({user}, k=5) before any interaction",
+             stub.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=10),
+             time.perf_counter() - start)
+        fruit = ["google:1f34d", "google:1f350", "google:1f352"]  # pineapple, pear, cherries
+        for item_id in fruit:
+            stub.RecordInteraction(pb.RecordInteractionRequest(
+                user_id=user, item_id=item_id, type=pb.INTERACTION_TYPE_CLICK,
+                request_id=uuid.uuid4().hex), timeout=10)
+        start = time.perf_counter()
+        show(f"Recommend({user}, k=8, exclude_seen) after clicks on pineapple, pear, cherries",
+             stub.Recommend(pb.RecommendRequest(user_id=user, k=8, exclude_seen=True),
+                            timeout=10),
+             time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "VISREC_GRPC_ADDRESS": f"[::]:{args.grpc_port}",
                "VISREC_METRICS_PORT": str(args.metrics_port),
                "VISREC_TRITON_URL": triton.grpc_url, "VISREC_MILVUS_URI": args.milvus_uri,
-               "VISREC_LOG_FORMAT": "text", "VISREC_LOG_LEVEL": "WARNING"}
+               "VISREC_LOG_FORMAT": "text", "VISREC_LOG_LEVEL": "WARNING",
+               "VISREC_EXPERIMENT": os.environ.get("VISREC_EXPERIMENT", "demo"),
+               "VISREC_EXPERIMENT_ARMS": os.environ.get(
+                   "VISREC_EXPERIMENT_ARMS", "similar=similarity:50, diverse=mmr(0.7):50")}
         gateway = subprocess.Popen([str(bin_dir / "visrec-gateway")], env=env)
         wait_serving(address)
         done(t, f"serving on {address}, metrics on :{args.metrics_port}/metrics")

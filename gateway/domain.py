@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 AttributeValue = str | float
 FacetType = Literal["string", "number"]
 # Fields every item has; catalog attributes (vendor, added_in, ...) are declared per index.
@@ -31,6 +33,7 @@ class Item:
 class ScoredItem:
     item: Item
     score: float
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,27 @@ class Recommendations:
     arm: str = ""
     policy: str = ""
     degraded: str = ""
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One acknowledged interaction, as kept in the event log."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    kind: str  # view | click | add_to_cart | purchase
+    weight: float
+    at: float  # epoch seconds
+    experiment: str
+    arm: str
+    policy: str
+    request_id: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class InteractionResult:
+    experiment: str
+    arm: str
+    counted: bool

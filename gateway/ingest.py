@@ -37,6 +37,9 @@ class CatalogFormatError(ValueError):
     pass
 
 
+FINGERPRINT = "_fp"  # stored with each item: what the row and its image were when embedded
+
+
 @dataclass(frozen=True)
 class CatalogRow:
     id: str
@@ -46,6 +49,16 @@ class CatalogRow:
     category: str
     subcategory: str
     attributes: dict[str, Any]
+    line: str = ""
+
+    def fingerprint(self) -> str:
+        """Changes when the catalog line or the image file changes (re-embed then)."""
+        try:
+            st = self.image.stat()
+            image = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            image = "missing"
+        return hashlib.sha256(f"{self.line}\x1f{image}".encode()).hexdigest()[:16]
 
 
 def read_catalog(path: Path) -> tuple[list[CatalogRow], dict[str, FacetType], str]:
@@ -73,16 +86,16 @@ def read_catalog(path: Path) -> tuple[list[CatalogRow], dict[str, FacetType], st
         seen.add(item_id)
         attrs = {k: v for k, v in obj.items() if k not in RESERVED}
         for key, value in attrs.items():
-            if not ATTRIBUTE_NAME.match(key):
+            if not ATTRIBUTE_NAME.match(key) or key.startswith("_"):
                 raise CatalogFormatError(f"{path}:{lineno}: attribute name {key!r} is not an "
-                                         "identifier")
+                                         "identifier (or starts with _, which is reserved)")
             if not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise CatalogFormatError(f"{path}:{lineno}: attribute {key!r} must be a string "
                                          "or a number")
         rows.append(CatalogRow(
             id=item_id, image=(path.parent / image).resolve(), image_uri=image,
             name=str(obj.get("name", "")), category=str(obj.get("category", "")),
-            subcategory=str(obj.get("subcategory", "")), attributes=attrs,
+            subcategory=str(obj.get("subcategory", "")), attributes=attrs, line=line.strip(),
         ))
     facets = infer_facets(r.attributes for r in rows)
     for r in rows:  # one type per attribute: numbers of a mixed attribute become strings
@@ -117,7 +130,7 @@ def _row_for_milvus(row: CatalogRow, vector: np.ndarray) -> dict[str, Any]:
     return {
         "id": row.id, "vector": vector.astype(np.float32).tolist(), "name": row.name,
         "category": row.category, "subcategory": row.subcategory, "image_uri": row.image_uri,
-        "attributes": row.attributes,
+        "attributes": {**row.attributes, FINGERPRINT: row.fingerprint()},
     }
 
 
@@ -169,11 +182,12 @@ async def ingest(
     record = await asyncio.to_thread(store.read_index_record, collection)
     complete = (record is not None and record.get("catalog_sha256") == digest
                 and record.get("count") == len(rows))
-    existing = await asyncio.to_thread(store.existing_ids, collection)
+    existing = await asyncio.to_thread(store.existing_fingerprints, collection, FINGERPRINT)
     if complete and len(existing) >= len(rows):
         report.reused = len(rows)
     else:
-        todo = [r for r in rows if r.id not in existing]
+        # New rows, and rows whose line or image changed since they were embedded.
+        todo = [r for r in rows if existing.get(r.id, "") != r.fingerprint()]
         report.reused = len(rows) - len(todo)
         dim: int | None = None
         bar = tqdm(total=len(rows), initial=report.reused, unit="img", disable=not progress,

@@ -28,7 +28,7 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "visrec_requests_in_flight", "gRPC requests being handled", ["method"],
             registry=registry)
-        self.stage = Histogram(
+        self.stage_latency = Histogram(
             "visrec_stage_duration_seconds",
             "Time spent in each stage of a request (decode, embed, lookup, ann, rank, profile)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
@@ -42,9 +42,40 @@ class GatewayMetrics:
         self.backend_errors = Counter(
             "visrec_backend_errors", "Failed calls to Triton or Milvus, by backend and status",
             ["backend", "code"], registry=registry)
+        arm_labels = ["experiment", "arm", "policy"]
+        self.served_count = Counter(
+            "visrec_recommendations_served",
+            "Recommend responses, by experiment, arm and policy", arm_labels, registry=registry)
+        self.served_items = Counter(
+            "visrec_recommended_items_served",
+            "Items shown in Recommend responses (impressions), by experiment, arm and policy",
+            arm_labels, registry=registry)
+        self.interactions = Counter(
+            "visrec_interactions",
+            "Counted interactions (retries excluded), by experiment, arm, policy and type",
+            [*arm_labels, "type"], registry=registry)
+        self.interaction_retries = Counter(
+            "visrec_interaction_retries",
+            "RecordInteraction calls acknowledged without counting (same request id, item, type)",
+            registry=registry)
 
-    def observe_stage(self, stage: str, seconds: float) -> None:
-        self.stage.labels(stage).observe(seconds)
+    # The core's Observer interface --------------------------------------------------
+    def stage(self, name: str, seconds: float) -> None:
+        self.stage_latency.labels(name).observe(seconds)
+
+    def served(self, experiment: str, arm: str, policy: str, items: int,
+               degraded: str) -> None:
+        self.served_count.labels(experiment, arm, policy).inc()
+        self.served_items.labels(experiment, arm, policy).inc(items)
+        if degraded:
+            self.degraded.labels("Recommend", degraded).inc()
+
+    def interaction(self, experiment: str, arm: str, policy: str, kind: str,
+                    counted: bool) -> None:
+        if counted:
+            self.interactions.labels(experiment, arm, policy, kind).inc()
+        else:
+            self.interaction_retries.inc()
 
     def set_active_model(self, model_version: str, collection: str) -> None:
         self.active_model.clear()

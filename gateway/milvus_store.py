@@ -11,20 +11,23 @@ exceptions are translated here, at the edge, into the gateway's own errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
 import threading
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from gateway.domain import Condition, FacetType, IndexInfo, Item, ScoredItem
+from gateway.domain import Condition, FacetType, IndexInfo, Interaction, Item, ScoredItem
 from gateway.errors import BackendTimeout, BackendUnavailable, VisrecError
 from gateway.milvus_expr import compile_filter, quote
+from gateway.profiles import UserProfile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +43,8 @@ with warnings.catch_warnings():
         pass
 
 META_COLLECTION = "visrec_meta"
+EVENTS_COLLECTION = "interactions"
+POPULARITY_COLLECTION = "item_popularity"
 POINTER_KEY = "pointer:items"
 ITEM_FIELDS = ["id", "name", "category", "subcategory", "image_uri", "attributes"]
 # Milvus caps a query's offset + limit.
@@ -48,6 +53,11 @@ QUERY_PAGE = 16384
 
 def items_collection(model_version: str | int) -> str:
     return f"items_v{model_version}"
+
+
+def users_collection(index: IndexInfo) -> str:
+    """Profiles live beside the items of the same model version (same embedding space)."""
+    return f"users_v{index.model_version}"
 
 
 def _index_key(collection: str) -> str:
@@ -63,7 +73,11 @@ class MilvusVectorStore:
         self._index_type = index_type
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._in_flight = 0
         self._loaded: set[str] = set()
+        self._created: set[str] = set()
+        self._popularity_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> Any:
@@ -79,6 +93,8 @@ class MilvusVectorStore:
         """Run one client call, translating library errors (for the ingest CLI and threads)."""
         from pymilvus.exceptions import MilvusException
 
+        with self._idle:
+            self._in_flight += 1
         try:
             return fn(self._connect(), *args, **kwargs)
         except VisrecError:
@@ -94,6 +110,16 @@ class MilvusVectorStore:
             if type(e).__module__.startswith("grpc"):
                 raise BackendUnavailable(f"Milvus ({self.uri}): {e}") from e
             raise
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _wait_idle(self) -> None:
+        """Calls abandoned by a cancelled task still run in their thread: let them finish
+        (boundedly) before the client is closed under them."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=self._timeout + 1.0)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(self._sync, fn, *args, **kwargs)
@@ -106,10 +132,7 @@ class MilvusVectorStore:
                                  f"{self._timeout:.1f}s") from e
 
     async def close(self) -> None:
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(client.close)
+        await asyncio.to_thread(self.close_sync)
 
     def _ensure_loaded(self, c: Any, collection: str) -> None:
         if collection not in self._loaded:
@@ -170,19 +193,212 @@ class MilvusVectorStore:
         return {r["id"]: _item(r) for r in await self._run(call)}
 
     async def search(self, index: IndexInfo, vector: np.ndarray, k: int,
-                     conditions: Sequence[Condition]) -> list[ScoredItem]:
+                     conditions: Sequence[Condition], *,
+                     with_vectors: bool = False) -> list[ScoredItem]:
+        return (await self.search_many(index, [vector], k, conditions,
+                                       with_vectors=with_vectors))[0]
+
+    async def search_many(self, index: IndexInfo, vectors: Sequence[np.ndarray], k: int,
+                          conditions: Sequence[Condition], *,
+                          with_vectors: bool = False) -> list[list[ScoredItem]]:
         expr = compile_filter(conditions)
+        fields = [*ITEM_FIELDS, "vector"] if with_vectors else ITEM_FIELDS
+        data = [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
 
         def call(c: Any) -> list[Any]:
             result: list[Any] = c.search(
-                index.collection, data=[np.asarray(vector, dtype=np.float32).tolist()],
-                anns_field="vector", limit=k, filter=expr, output_fields=ITEM_FIELDS,
-                search_params={"metric_type": "COSINE"}, timeout=self._timeout,
+                index.collection, data=data, anns_field="vector", limit=k, filter=expr,
+                output_fields=fields, search_params={"metric_type": "COSINE"},
+                timeout=self._timeout,
             )
             return result
 
-        hits = (await self._run(call))[0]
-        return [ScoredItem(_item(h["entity"], h["id"]), float(h["distance"])) for h in hits]
+        return [
+            [ScoredItem(_item(h["entity"], h["id"]), float(h["distance"]),
+                        np.asarray(h["entity"]["vector"], dtype=np.float32) if with_vectors
+                        else None)
+             for h in hits]
+            for hits in await self._run(call)
+        ]
+
+    async def sample_items(self, index: IndexInfo, conditions: Sequence[Condition],
+                           limit: int) -> list[Item]:
+        expr = compile_filter(conditions)
+
+        def call(c: Any) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = c.query(index.collection, filter=expr,
+                                                 output_fields=ITEM_FIELDS,
+                                                 limit=min(limit, QUERY_PAGE),
+                                                 timeout=self._timeout)
+            return rows
+
+        return [_item(r) for r in await self._run(call)]
+
+    # ------------------------------------------------------------------ user profiles
+    def _ensure(self, c: Any, collection: str, build: Callable[[Any], None]) -> None:
+        if collection in self._created:
+            return
+        if not c.has_collection(collection, timeout=self._timeout):
+            build(c)
+        self._ensure_loaded(c, collection)
+        self._created.add(collection)
+
+    def _build_users(self, index: IndexInfo) -> Callable[[Any], None]:
+        def build(c: Any) -> None:
+            from pymilvus import DataType, MilvusClient
+
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=index.dim)
+            schema.add_field("state", DataType.JSON)
+            params = c.prepare_index_params()
+            # Profiles are read by id, never searched: the cheapest index, and one that
+            # accepts the zero vector of a profile that has none yet.
+            params.add_index("vector", index_type="FLAT", metric_type="L2")
+            c.create_collection(users_collection(index), schema=schema, index_params=params,
+                                consistency_level="Strong", timeout=self._timeout)
+
+        return build
+
+    async def get_profile(self, index: IndexInfo, user_id: str) -> UserProfile | None:
+        collection = users_collection(index)
+
+        def call(c: Any) -> list[dict[str, Any]]:
+            if collection not in self._created and not c.has_collection(
+                    collection, timeout=self._timeout):
+                return []
+            self._ensure(c, collection, self._build_users(index))
+            rows: list[dict[str, Any]] = c.query(
+                collection, filter=f"id == {quote(user_id)}", output_fields=["vector", "state"],
+                consistency_level="Strong", timeout=self._timeout)
+            return rows
+
+        rows = await self._run(call)
+        if not rows:
+            return None
+        state = rows[0]["state"]
+        return UserProfile(
+            user_id=user_id,
+            vector=np.asarray(rows[0]["vector"], dtype=np.float32) if state.get("has_vector")
+            else None,
+            recent_items=tuple(state.get("recent_items", ())),
+            counts=dict(state.get("counts", {})),
+            recent_events=tuple(state.get("recent_events", ())),
+            interactions=int(state.get("interactions", 0)),
+            updated_at=float(state.get("updated_at", 0.0)),
+        )
+
+    async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
+        collection = users_collection(index)
+        row = {
+            "id": profile.user_id,
+            "vector": (profile.vector if profile.vector is not None
+                       else np.zeros(index.dim, dtype=np.float32)).tolist(),
+            "state": {
+                "has_vector": profile.vector is not None,
+                "recent_items": list(profile.recent_items), "counts": dict(profile.counts),
+                "recent_events": list(profile.recent_events),
+                "interactions": profile.interactions, "updated_at": profile.updated_at,
+            },
+        }
+
+        def call(c: Any) -> None:
+            self._ensure(c, collection, self._build_users(index))
+            c.upsert(collection, [row], timeout=self._timeout)
+
+        await self._run(call)
+
+    # ------------------------------------------------------------------ events, popularity
+    @staticmethod
+    def _build_keyed(name: str) -> Callable[[Any], None]:
+        """A collection of records keyed by id (Milvus requires a vector field: unused)."""
+
+        def build(c: Any) -> None:
+            from pymilvus import DataType, MilvusClient
+
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+            schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
+            schema.add_field("score", DataType.FLOAT)
+            schema.add_field("data", DataType.JSON)
+            params = c.prepare_index_params()
+            params.add_index("unused", index_type="FLAT", metric_type="L2")
+            c.create_collection(name, schema=schema, index_params=params,
+                                consistency_level="Strong", timeout=30)
+
+        return build
+
+    async def log_interaction(self, event: Interaction) -> None:
+        row = {"id": event.event_id, "unused": [0.0, 0.0], "score": float(event.weight),
+               "data": dataclasses.asdict(event)}
+
+        def call(c: Any) -> None:
+            self._ensure(c, EVENTS_COLLECTION, self._build_keyed(EVENTS_COLLECTION))
+            c.upsert(EVENTS_COLLECTION, [row], timeout=self._timeout)
+
+        await self._run(call)
+
+    def interactions(self) -> list[Interaction]:
+        """The whole interaction log (for training and evaluation jobs)."""
+
+        def call(c: Any) -> list[Interaction]:
+            if not c.has_collection(EVENTS_COLLECTION, timeout=self._timeout):
+                return []
+            self._ensure(c, EVENTS_COLLECTION, self._build_keyed(EVENTS_COLLECTION))
+            out: list[Interaction] = []
+            it = c.query_iterator(EVENTS_COLLECTION, batch_size=4096, filter="",
+                                  output_fields=["data"], timeout=self._timeout)
+            try:
+                while batch := it.next():
+                    out.extend(Interaction(**r["data"]) for r in batch)
+            finally:
+                it.close()
+            return sorted(out, key=lambda e: (e.at, e.event_id))
+
+        return self._sync(call)
+
+    async def add_popularity(self, item_id: str, weight: float) -> None:
+        def call(c: Any) -> None:
+            self._ensure(c, POPULARITY_COLLECTION, self._build_keyed(POPULARITY_COLLECTION))
+            with self._popularity_locks[item_id]:  # read-modify-write, one writer per item
+                rows = c.query(POPULARITY_COLLECTION, filter=f"id == {quote(item_id)}",
+                               output_fields=["score"], consistency_level="Strong",
+                               timeout=self._timeout)
+                score = float(rows[0]["score"]) if rows else 0.0
+                c.upsert(POPULARITY_COLLECTION, [{
+                    "id": item_id, "unused": [0.0, 0.0], "score": score + weight,
+                    "data": {"updated_at": time.time()}}], timeout=self._timeout)
+
+        await self._run(call)
+
+    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]:
+        def call(c: Any) -> list[dict[str, Any]]:
+            if not ids or not c.has_collection(POPULARITY_COLLECTION, timeout=self._timeout):
+                return []
+            self._ensure(c, POPULARITY_COLLECTION, self._build_keyed(POPULARITY_COLLECTION))
+            rows: list[dict[str, Any]] = c.query(
+                POPULARITY_COLLECTION, filter=f"id in [{', '.join(quote(i) for i in ids)}]",
+                output_fields=["score"], timeout=self._timeout)
+            return rows
+
+        return {r["id"]: float(r["score"]) for r in await self._run(call)}
+
+    async def most_popular(self, limit: int) -> list[tuple[str, float]]:
+        def call(c: Any) -> list[tuple[str, float]]:
+            if not c.has_collection(POPULARITY_COLLECTION, timeout=self._timeout):
+                return []
+            self._ensure(c, POPULARITY_COLLECTION, self._build_keyed(POPULARITY_COLLECTION))
+            scores: list[tuple[str, float]] = []
+            it = c.query_iterator(POPULARITY_COLLECTION, batch_size=4096, filter="",
+                                  output_fields=["score"], timeout=self._timeout)
+            try:
+                while batch := it.next():
+                    scores.extend((r["id"], float(r["score"])) for r in batch)
+            finally:
+                it.close()
+            return sorted(scores, key=lambda s: (-s[1], s[0]))[:limit]
+
+        return await self._run(call)
 
     # ------------------------------------------------------------------ writes (ingest)
     def ensure_meta_collection(self) -> None:
@@ -227,20 +443,22 @@ class MilvusVectorStore:
     def upsert_items(self, collection: str, rows: list[dict[str, Any]]) -> None:
         self._sync(lambda c: c.upsert(collection, rows, timeout=self._timeout))
 
-    def existing_ids(self, collection: str) -> set[str]:
-        def call(c: Any) -> set[str]:
+    def existing_fingerprints(self, collection: str, key: str) -> dict[str, str]:
+        """id -> attributes[key] of every item in the collection ('' where absent)."""
+        def call(c: Any) -> dict[str, str]:
             if not c.has_collection(collection, timeout=self._timeout):
-                return set()
+                return {}
             self._ensure_loaded(c, collection)
-            ids: set[str] = set()
+            out: dict[str, str] = {}
             it = c.query_iterator(collection, batch_size=4096, filter="",
-                                  output_fields=["id"], timeout=self._timeout)
+                                  output_fields=["id", "attributes"], timeout=self._timeout)
             try:
                 while batch := it.next():
-                    ids.update(r["id"] for r in batch)
+                    out.update((r["id"], str((r.get("attributes") or {}).get(key, "")))
+                               for r in batch)
             finally:
                 it.close()
-            return ids
+            return out
 
         return self._sync(call)
 
@@ -289,6 +507,7 @@ class MilvusVectorStore:
         self._sync(lambda c: c.upsert(META_COLLECTION, [row], timeout=self._timeout))
 
     def close_sync(self) -> None:
+        self._wait_idle()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:
@@ -299,6 +518,7 @@ def _item(entity: Mapping[str, Any], item_id: Any = None) -> Item:
     attrs = entity.get("attributes") or {}
     if isinstance(attrs, str):
         attrs = json.loads(attrs)
+    attrs = {k: v for k, v in attrs.items() if not k.startswith("_")}  # internal bookkeeping
     return Item(
         id=str(entity.get("id", item_id)),
         name=entity.get("name", ""),

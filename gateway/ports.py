@@ -8,7 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
-from gateway.domain import Condition, IndexInfo, Item, ScoredItem
+from gateway.domain import Condition, IndexInfo, Interaction, Item, ScoredItem
+from gateway.profiles import UserProfile
 
 
 class Embedder(Protocol):
@@ -34,11 +35,43 @@ class VectorStore(Protocol):
         ...
 
     async def search(
-        self, index: IndexInfo, vector: np.ndarray, k: int, conditions: Sequence[Condition]
+        self, index: IndexInfo, vector: np.ndarray, k: int, conditions: Sequence[Condition],
+        *, with_vectors: bool = False,
     ) -> list[ScoredItem]:
         """Up to k nearest items by cosine similarity, best first, all satisfying conditions."""
         ...
 
+    async def search_many(
+        self, index: IndexInfo, vectors: Sequence[np.ndarray], k: int,
+        conditions: Sequence[Condition], *, with_vectors: bool = False,
+    ) -> list[list[ScoredItem]]:
+        """``search`` for several query vectors in one round trip."""
+        ...
+
     async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]: ...
+
+    async def sample_items(
+        self, index: IndexInfo, conditions: Sequence[Condition], limit: int
+    ) -> list[Item]:
+        """Up to ``limit`` items satisfying conditions, in storage order (no vector query)."""
+        ...
+
+    # user profiles (stored beside the index: same model version, same embedding space)
+    async def get_profile(self, index: IndexInfo, user_id: str) -> UserProfile | None: ...
+
+    async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
+        """Durable once it returns."""
+        ...
+
+    # the interaction log and per-item popularity (model-version independent)
+    async def log_interaction(self, event: Interaction) -> None:
+        """Idempotent by event id."""
+        ...
+
+    async def add_popularity(self, item_id: str, weight: float) -> None: ...
+
+    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]: ...
+
+    async def most_popular(self, limit: int) -> list[tuple[str, float]]: ...
 
     async def close(self) -> None: ...

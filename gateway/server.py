@@ -23,8 +23,9 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import VisrecError
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.milvus_store import MilvusVectorStore
+from gateway.popular import PopularItems
 from gateway.ports import Embedder, VectorStore
-from gateway.recommender import Limits, RecommenderCore
+from gateway.recommender import Limits, Personalisation, RecommenderCore
 from gateway.servicer import RecommenderServicer
 from gateway.triton_embedder import TritonEmbedder
 
@@ -45,6 +46,7 @@ class Gateway:
     metrics: GatewayMetrics
     grace_s: float
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
+    popular: PopularItems | None = None
     _watch: asyncio.Task[None] | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
     _metrics_http: Any = field(default=None, init=False)
@@ -58,6 +60,8 @@ class Gateway:
             self.metrics_port = int(self._metrics_http.server_port)
         await self.server.start()
         self.index.start()
+        if self.popular is not None:
+            self.popular.start()
         self._watch = asyncio.create_task(self._watch_health(), name="health-watch")
 
     async def _watch_health(self) -> None:
@@ -88,6 +92,8 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_s)
         await self.index.stop()
+        if self.popular is not None:
+            await self.popular.stop()
         await self.embedder.close()
         await self.store.close()
         if self._metrics_http is not None:
@@ -114,11 +120,19 @@ def build_gateway(
                                        config.milvus_timeout_s, config.milvus_index_type)
     metrics = GatewayMetrics(registry or CollectorRegistry())
     index = ActiveIndex(store, config.index_refresh_s)
+    popular = PopularItems(store, index, config.popular_refresh_s)
     core = RecommenderCore(
         embedder, store, index,
         Limits(max_k=config.max_k, max_image_bytes=config.max_image_bytes,
                max_image_pixels=config.max_image_pixels),
-        observe_stage=metrics.observe_stage,
+        observer=metrics,
+        personalisation=Personalisation(
+            experiment=config.experiment_config(), weights=config.weights(),
+            profile_rate=config.profile_rate, recent_items=config.recent_items,
+            overfetch=config.overfetch, max_candidates=config.max_candidates,
+            recent_queries=config.recent_queries,
+            allow_arm_override=config.experiment_override),
+        popular=popular,
     )
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -139,7 +153,7 @@ def build_gateway(
     if metrics_port is None and config.metrics_port:
         metrics_port = config.metrics_port
     return Gateway(server, port, health_servicer, index, embedder, store, metrics,
-                   config.shutdown_grace_s, metrics_port)
+                   config.shutdown_grace_s, metrics_port, popular)
 
 
 async def serve(config: GatewayConfig) -> None:

@@ -10,6 +10,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -22,7 +23,16 @@ from gateway.recommender import RecommenderCore
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
+ARM_OVERRIDE_HEADER = "x-visrec-arm"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+INTERACTION_KINDS = {
+    pb.INTERACTION_TYPE_VIEW: "view",
+    pb.INTERACTION_TYPE_CLICK: "click",
+    pb.INTERACTION_TYPE_ADD_TO_CART: "add_to_cart",
+    pb.INTERACTION_TYPE_PURCHASE: "purchase",
+}
+T = TypeVar("T")
+M = TypeVar("M")
 
 
 def conditions_from_pb(flt: pb.Filter) -> list[Condition]:
@@ -65,23 +75,35 @@ def recommendations_to_pb(r: Recommendations) -> pb.Recommendations:
     return msg
 
 
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
 def request_id_of(context: grpc.aio.ServicerContext) -> str:
     """The caller's x-request-id when it is a sane token, else a fresh one."""
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
-            return value
-    return uuid.uuid4().hex
+    value = _metadata(context, REQUEST_ID_HEADER)
+    return value if value and _SAFE_REQUEST_ID.match(value) else uuid.uuid4().hex
+
+
+def interaction_kind(value: int) -> str:
+    kind = INTERACTION_KINDS.get(value)  # type: ignore[call-overload]
+    if kind is None:
+        raise InvalidArgument(
+            "type must be one of INTERACTION_TYPE_VIEW, _CLICK, _ADD_TO_CART, _PURCHASE"
+        )
+    return kind
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     def __init__(self, core: RecommenderCore) -> None:
         self._core = core
 
-    async def _answer(
-        self,
-        context: grpc.aio.ServicerContext,
-        call: Callable[[], Awaitable[Recommendations]],
-    ) -> pb.Recommendations:
+    async def _call(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]],
+                    to_pb: Callable[[T, str], M]) -> M:
+        """Run one core call; the only place that turns errors into status codes."""
         rid = request_id_of(context)
         request_id_var.set(rid)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
@@ -95,7 +117,32 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             log.exception("unexpected error")
             code, message = status_for(Exception())
             await context.abort(code, message)
-        return recommendations_to_pb(dataclasses.replace(result, request_id=rid))
+        return to_pb(result, rid)
+
+    async def _answer(self, context: grpc.aio.ServicerContext,
+                      call: Callable[[], Awaitable[Recommendations]]) -> pb.Recommendations:
+        return await self._call(context, call, lambda r, rid: recommendations_to_pb(
+            dataclasses.replace(r, request_id=rid)))
+
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Recommendations:
+        override = _metadata(context, ARM_OVERRIDE_HEADER)
+        return await self._answer(context, lambda: self._core.recommend(
+            request.user_id, request.k, conditions_from_pb(request.filter),
+            request.exclude_seen, override))
+
+    async def RecordInteraction(
+        self, request: pb.RecordInteractionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordInteractionResponse:
+        override = _metadata(context, ARM_OVERRIDE_HEADER)
+        return await self._call(
+            context,
+            lambda: self._core.record_interaction(
+                request.user_id, request.item_id, interaction_kind(request.type),
+                request.request_id, override),
+            lambda r, rid: pb.RecordInteractionResponse(experiment=r.experiment, arm=r.arm,
+                                                        counted=r.counted))
 
     async def SimilarItems(
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext

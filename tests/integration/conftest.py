@@ -87,15 +87,36 @@ async def gateway(triton: TritonServer, milvus_lite_uri: str, ingested: IngestRe
     await gw.stop()
 
 
+AB_ARMS = "control=similarity:50, diverse=mmr(0.5):25, pop=similarity|popularity(0.3):25"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def ab_gateway(triton: TritonServer, milvus_lite_uri: str, ingested: IngestReport
+                     ) -> AsyncIterator[Gateway]:
+    """A second gateway on the same index, running an A/B experiment with QA overrides on."""
+    config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=milvus_lite_uri,
+                           experiment="ranking-test", experiment_arms=AB_ARMS,
+                           experiment_override=True, index_refresh_s=0.5,
+                           popular_refresh_s=1.0)
+    gw = build_gateway(config, address="127.0.0.1:0", metrics_port=0)
+    await gw.start()
+    await wait_serving(f"127.0.0.1:{gw.port}")
+    yield gw
+    await gw.stop()
+
+
 async def wait_serving(address: str, within_s: float = 60.0) -> None:
     """Health is NOT_SERVING until the vector store answered; wait for SERVING."""
     async with grpc.aio.insecure_channel(address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         deadline = time.monotonic() + within_s
         while True:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:  # not listening yet
+                pass
             assert time.monotonic() < deadline, f"gateway at {address} never became SERVING"
             await asyncio.sleep(0.2)
 

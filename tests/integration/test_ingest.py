@@ -21,7 +21,7 @@ def _small_catalog(catalog, tmp_path, n: int, corrupt: int | None = None):
         target = tmp_path / "images" / f"{i}.png"
         if i == corrupt:
             target.write_bytes(truncated_png())
-        else:
+        elif not target.exists():  # an unchanged image keeps its mtime (its fingerprint)
             shutil.copyfile(catalog.parent / row["image"], target)
         row["image"] = f"images/{i}.png"
     path = tmp_path / f"catalog-{n}.jsonl"
@@ -87,3 +87,23 @@ def test_malformed_catalog_lines_fail_with_their_line_number(tmp_path, line, mes
     with pytest.raises(CatalogFormatError, match=message) as err:
         read_catalog(path)
     assert "c.jsonl:" in str(err.value)
+
+
+async def test_an_edited_row_is_re_embedded_and_nothing_else(triton, catalog, tmp_path):
+    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
+    path = _small_catalog(catalog, tmp_path, 12)
+    assert (await ingest(path, store, embedder, progress=False)).embedded == 12
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[4])
+    row["name"] = "Renamed in the catalog"
+    lines[4] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    report = await ingest(path, store, embedder, progress=False)
+    assert (report.embedded, report.reused) == (1, 11)
+    info = await store.active_index()
+    items = await store.get_items(info, [row["id"]])
+    assert items[row["id"]].name == "Renamed in the catalog"
+    assert "_fp" not in items[row["id"]].attributes  # bookkeeping stays internal
+    await embedder.close()
+    await store.close()

@@ -75,7 +75,7 @@ async def test_caller_mistakes_map_to_status_codes(stub, request_, code, message
 
 async def test_unimplemented_rpcs_say_so(stub):
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Recommend(pb.RecommendRequest(user_id="u", k=3))
+        await stub.DeleteItems(pb.DeleteItemsRequest(item_ids=["i0"]))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
