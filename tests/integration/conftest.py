@@ -80,11 +80,20 @@ async def gateway(triton: TritonServer, milvus_lite_uri: str, ingested: IngestRe
                   ) -> AsyncIterator[Gateway]:
     config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=milvus_lite_uri, max_k=1000,
                            index_refresh_s=0.5)
+    async with serving(config) as gw:
+        yield gw
+
+
+@contextlib.asynccontextmanager
+async def serving(config: GatewayConfig) -> AsyncIterator[Gateway]:
+    """An in-process gateway on a free port (and /metrics on another), SERVING."""
     gw = build_gateway(config, address="127.0.0.1:0", metrics_port=0)
     await gw.start()
-    await wait_serving(f"127.0.0.1:{gw.port}")
-    yield gw
-    await gw.stop()
+    try:
+        await wait_serving(f"127.0.0.1:{gw.port}")
+        yield gw
+    finally:
+        await gw.stop()
 
 
 AB_ARMS = "control=similarity:50, diverse=mmr(0.5):25, pop=similarity|popularity(0.3):25"
@@ -98,11 +107,8 @@ async def ab_gateway(triton: TritonServer, milvus_lite_uri: str, ingested: Inges
                            experiment="ranking-test", experiment_arms=AB_ARMS,
                            experiment_override=True, index_refresh_s=0.5,
                            popular_refresh_s=1.0)
-    gw = build_gateway(config, address="127.0.0.1:0", metrics_port=0)
-    await gw.start()
-    await wait_serving(f"127.0.0.1:{gw.port}")
-    yield gw
-    await gw.stop()
+    async with serving(config) as gw:
+        yield gw
 
 
 async def wait_serving(address: str, within_s: float = 60.0) -> None:

@@ -4,6 +4,7 @@ Lite holding the demo catalog."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -169,10 +171,21 @@ async def test_simulated_users_prefer_personalisation_to_both_baselines(ab_gatew
         assert tallies[arm].final_precision > tallies["baseline:popular"].final_precision
 
 
-def _gateway_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(Path(sys.executable).parent / "visrec-gateway")],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=ROOT)
+@contextlib.asynccontextmanager
+async def gateway_process(env: dict[str, str], port: int, stop: signal.Signals
+                          ) -> AsyncIterator[pb_grpc.RecommenderStub]:
+    """`visrec-gateway` as its own process; ``stop`` is how it ends (SIGKILL: no goodbye)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "visrec-gateway"), env={**os.environ, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        await wait_serving(f"127.0.0.1:{port}")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield pb_grpc.RecommenderStub(ch)
+    finally:
+        proc.send_signal(stop)
+        async with asyncio.timeout(30):
+            await proc.wait()
 
 
 @pytest.mark.timeout(600)
@@ -195,30 +208,16 @@ async def test_a_killed_gateway_loses_no_acknowledged_interaction(triton, catalo
     requests = [pb.RecordInteractionRequest(user_id=f"user-{u}", item_id=ids[(u * 7 + i) % 30],
                                             type=CLICK, request_id=f"req-{u}-{i}")
                 for u in range(4) for i in range(5)]
-    proc = _gateway_process(env)
-    try:
-        await wait_serving(f"127.0.0.1:{port}")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = pb_grpc.RecommenderStub(ch)
-            acks = [await stub.RecordInteraction(r, timeout=30) for r in requests]
-            arms = {r.user_id: (await stub.Recommend(pb.RecommendRequest(
-                user_id=r.user_id, k=5), timeout=30)).arm for r in requests}
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+    async with gateway_process(env, port, signal.SIGKILL) as stub:
+        acks = [await stub.RecordInteraction(r, timeout=30) for r in requests]
+        arms = {r.user_id: (await stub.Recommend(pb.RecommendRequest(
+            user_id=r.user_id, k=5), timeout=30)).arm for r in requests}
     assert all(a.counted for a in acks)
 
-    proc = _gateway_process(env)
-    try:
-        await wait_serving(f"127.0.0.1:{port}")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = pb_grpc.RecommenderStub(ch)
-            retries = [await stub.RecordInteraction(r, timeout=30) for r in requests]
-            after = {u: await stub.Recommend(pb.RecommendRequest(user_id=u, k=5), timeout=30)
-                     for u in arms}
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    async with gateway_process(env, port, signal.SIGTERM) as stub:
+        retries = [await stub.RecordInteraction(r, timeout=30) for r in requests]
+        after = {u: await stub.Recommend(pb.RecommendRequest(user_id=u, k=5), timeout=30)
+                 for u in arms}
     assert not any(r.counted for r in retries), "an acknowledged interaction was lost"
     assert {u: r.arm for u, r in after.items()} == arms
     assert all(r.degraded == "" for r in after.values())
