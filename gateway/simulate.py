@@ -18,7 +18,7 @@ import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -217,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     print(render(tallies, args.k))
     if args.json:
         args.json.write_text(json.dumps(
-            {n: {**asdict(t), "ctr": t.ctr, "precision": t.precision,
-                 "final_precision": t.final_precision} for n, t in tallies.items()},
-            indent=2, default=dict))
+            {n: {"policy": t.policy, "users": t.users, "impressions": t.impressions,
+                 "clicks": t.clicks, "ctr": t.ctr, "precision": t.precision,
+                 "final_precision": t.final_precision, "fallbacks": dict(t.degraded)}
+             for n, t in tallies.items()}, indent=2))
     return 0
 
 
