@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway._pb.visrec.v1 import recommender_pb2 as pb
 from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from gateway.catalog import DEFAULT_OUT, CatalogError, build_catalog
+from gateway.prometheus_local import PrometheusServer
 from gateway.triton_local import DEFAULT_REPOSITORY, TritonLaunchError, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--milvus-uri", default=str(DATA / "milvus.db"))
     p.add_argument("--serve", action="store_true",
                    help="keep Triton and the gateway running until Ctrl-C")
+    p.add_argument("--prometheus", action="store_true",
+                   help="also start Prometheus (Debian's package) with monitoring/prometheus "
+                        "config and alert rules, scraping the gateway and Triton")
+    p.add_argument("--prometheus-port", type=int, default=9090)
     args = p.parse_args(argv)
     bin_dir = Path(sys.executable).parent
     address = f"localhost:{args.grpc_port}"
@@ -161,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     done(t, f"ready at {triton.grpc_url}")
 
     gateway: subprocess.Popen[bytes] | None = None
+    prometheus: PrometheusServer | None = None
     try:
         t = step("3/5 demo catalog: emoji-datasource google + twitter (npm pack, cached)")
         try:
@@ -186,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         wait_serving(address)
         done(t, f"serving on {address}, metrics on :{args.metrics_port}/metrics")
 
+        if args.prometheus:
+            t = step("   Prometheus")
+            prometheus = PrometheusServer(
+                targets={"visrec-gateway": [f"127.0.0.1:{args.metrics_port}"],
+                         "triton": [f"127.0.0.1:{args.triton_metrics_port}"]},
+                data_dir=DATA / "prometheus", port=args.prometheus_port,
+                scrape_interval="5s").start()
+            done(t, f"{prometheus.url} (alerts: {prometheus.url}/alerts; dashboards as PNG: "
+                    f"visrec-panels --prometheus {prometheus.url})")
+
         query(address, args.item)
         if args.serve:
             print(f"\nServing: gRPC {address} (reflection on), Triton {triton.http_url}. "
@@ -194,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if prometheus is not None:
+            prometheus.stop()
         if gateway is not None and gateway.poll() is None:
             gateway.terminate()
             gateway.wait(30)

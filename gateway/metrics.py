@@ -42,6 +42,18 @@ class GatewayMetrics:
         self.backend_errors = Counter(
             "visrec_backend_errors", "Failed calls to Triton or Milvus, by backend and status",
             ["backend", "code"], registry=registry)
+        self.backend_up = Gauge(
+            "visrec_backend_up", "1 when the backend answers its readiness probe (triton: the "
+            "image_embedding ensemble is ready)", ["backend"], registry=registry)
+        self.triton_encoder_version = Gauge(
+            "visrec_triton_encoder_version",
+            "Newest ready image_encoder version in Triton (-1: none)", registry=registry)
+        self.index_model_version = Gauge(
+            "visrec_index_model_version",
+            "Model version of the active index (-1: none or not numeric)", registry=registry)
+        self.arm_weight = Gauge(
+            "visrec_experiment_arm_weight", "Configured traffic share of each arm, in percent",
+            ["experiment", "arm", "policy"], registry=registry)
         arm_labels = ["experiment", "arm", "policy"]
         self.served_count = Counter(
             "visrec_recommendations_served",
@@ -80,6 +92,12 @@ class GatewayMetrics:
     def set_active_model(self, model_version: str, collection: str) -> None:
         self.active_model.clear()
         self.active_model.labels(model_version, collection).set(1)
+        self.index_model_version.set(int(model_version) if model_version.isdigit() else -1)
+
+    def set_experiment(self, experiment: str, arms: list[tuple[str, str, float]]) -> None:
+        self.arm_weight.clear()
+        for arm, policy, weight in arms:
+            self.arm_weight.labels(experiment, arm, policy).set(weight)
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

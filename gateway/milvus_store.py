@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,8 +86,11 @@ class MilvusVectorStore:
             if self._client is None:
                 from pymilvus import MilvusClient
 
+                # pymilvus shares one connection per (uri, credentials) within a process and
+                # close() tears it down for every client: each store gets its own alias.
                 self._client = MilvusClient(uri=self.uri, token=self._token,
-                                            timeout=self._timeout)
+                                            timeout=self._timeout,
+                                            alias=f"visrec-{uuid.uuid4().hex}")
             return self._client
 
     def _sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

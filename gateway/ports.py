@@ -22,6 +22,14 @@ class Embedder(Protocol):
         """
         ...
 
+    async def ready(self) -> bool:
+        """The embedding model answers its readiness check (never raises)."""
+        ...
+
+    async def served_version(self) -> str | None:
+        """The model version requests are served by now (None: no version is ready)."""
+        ...
+
     async def close(self) -> None: ...
 
 

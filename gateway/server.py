@@ -65,7 +65,8 @@ class Gateway:
         self._watch = asyncio.create_task(self._watch_health(), name="health-watch")
 
     async def _watch_health(self) -> None:
-        """SERVING once the active index answers; follows it afterwards."""
+        """SERVING once the active index answers; follows it afterwards. Also probes Triton
+        for the backend gauges (Triton down only degrades SearchByImage: still SERVING)."""
         status = None
         while not self._stopping:
             try:
@@ -76,6 +77,8 @@ class Gateway:
             except VisrecError as e:
                 log.warning("health: vector store not answering: %s", e)
                 ok = False
+            self.metrics.backend_up.labels("milvus").set(1 if ok else 0)
+            await self._probe_triton()
             new = (health_pb2.HealthCheckResponse.SERVING if ok
                    else health_pb2.HealthCheckResponse.NOT_SERVING)
             if new != status:
@@ -83,6 +86,18 @@ class Gateway:
                 for name in ("", SERVICE_NAME):
                     await self.health.set(name, new)
             await asyncio.sleep(1.0)
+
+    async def _probe_triton(self) -> None:
+        ready = await self.embedder.ready()
+        self.metrics.backend_up.labels("triton").set(1 if ready else 0)
+        version = None
+        if ready:
+            try:
+                version = await self.embedder.served_version()
+            except VisrecError:
+                version = None
+        self.metrics.triton_encoder_version.set(
+            int(version) if version and version.isdigit() else -1)
 
     async def stop(self) -> None:
         """Flip health to NOT_SERVING, let in-flight calls finish within the grace, close."""
@@ -119,6 +134,9 @@ def build_gateway(
     store = store or MilvusVectorStore(config.milvus_uri, config.milvus_token,
                                        config.milvus_timeout_s, config.milvus_index_type)
     metrics = GatewayMetrics(registry or CollectorRegistry())
+    experiment = config.experiment_config()
+    metrics.set_experiment(experiment.name,
+                           [(a.name, a.policy.name, a.weight) for a in experiment.arms])
     index = ActiveIndex(store, config.index_refresh_s)
     popular = PopularItems(store, index, config.popular_refresh_s)
     core = RecommenderCore(
@@ -127,7 +145,7 @@ def build_gateway(
                max_image_pixels=config.max_image_pixels),
         observer=metrics,
         personalisation=Personalisation(
-            experiment=config.experiment_config(), weights=config.weights(),
+            experiment=experiment, weights=config.weights(),
             profile_rate=config.profile_rate, recent_items=config.recent_items,
             overfetch=config.overfetch, max_candidates=config.max_candidates,
             recent_queries=config.recent_queries,

@@ -24,6 +24,12 @@ class FakeEmbedder:
         v = rng.normal(size=(len(images), self.dim)).astype(np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
+    async def ready(self) -> bool:
+        return True
+
+    async def served_version(self) -> str | None:
+        return self.version
+
     async def close(self) -> None:
         pass
 
