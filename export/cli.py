@@ -16,6 +16,7 @@ from export.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, PACKAGED_WEIGHTS
 from export.errors import ExportError
 
 log = logging.getLogger("visrec.export")
+# Default target: the checkout's model_repository/ (images and jobs pass --repository).
 SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 
@@ -181,16 +182,11 @@ def _write_configs(repository: Path, target: str, meta: dict[str, Any],
             log.warning("image_encoder/%d was exported with different preprocessing (%s); the "
                         "shared preprocess model now serves %s", other,
                         other_meta.get("preprocess"), p)
+    repo.write_preprocess_model(repository)
     repo.write_config(repository, repo.preprocess_config(spec, opts))
     repo.write_config(repository, repo.encoder_config(target, meta["dim"], spec, opts))
     repo.write_config(repository, repo.ensemble_config(meta["dim"], opts))
     (repository / repo.ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
-    source = SOURCE_REPOSITORY / repo.PREPROCESS / "1"
-    dest = repository / repo.PREPROCESS / "1"
-    if source.resolve() != dest.resolve():
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in source.glob("*.py"):
-            shutil.copyfile(f, dest / f.name)
 
 
 def main(argv: list[str] | None = None) -> int:

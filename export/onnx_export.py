@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,20 +23,6 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4
-# The preprocessing Triton runs; parity is checked on exactly what the server will feed.
-IMAGING_SOURCE = (
-    Path(__file__).resolve().parent.parent / "model_repository" / "preprocess" / "1" / "imaging.py"
-)
-
-
-def load_imaging(path: Path = IMAGING_SOURCE) -> ModuleType:
-    """Import the preprocess model's imaging module (numpy + Pillow only) from its file."""
-    spec = importlib.util.spec_from_file_location("visrec_imaging", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise ExportError(f"preprocessing source not found at {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: Path,
@@ -93,7 +77,8 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, spec: PreprocessSpec,
     import onnxruntime as ort
     import torch
 
-    imaging = load_imaging()
+    from export.triton_backends import imaging
+
     batch = np.stack([
         imaging.to_pixels(imaging.decode(data, 10**8), **spec.as_dict())
         for _, data in images

@@ -29,8 +29,13 @@ ENSEMBLE = "image_embedding"
 # Tensor names shared by the ONNX graph, the TensorRT engine and the configs.
 IMAGE, PIXELS, EMBEDDING = "IMAGE", "PIXELS", "EMBEDDING"
 METADATA_FILE = "export.json"
-# Source of the python-backend encoder written next to model.onnx for the cpu target.
-ORT_ENCODER_SOURCE = Path(__file__).parent / "triton_backends" / "onnxruntime_encoder.py"
+# Python-backend sources written into the repository: the cpu target's encoder (next to
+# model.onnx) and the preprocess model (model.py + imaging.py). They ship inside this package,
+# so a wheel or an image can fill an empty repository volume.
+BACKENDS = Path(__file__).parent / "triton_backends"
+ORT_ENCODER_SOURCE = BACKENDS / "onnxruntime_encoder.py"
+PREPROCESS_SOURCES = {"model.py": BACKENDS / "preprocess_model.py",
+                      "imaging.py": BACKENDS / "imaging.py"}
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,18 @@ def write_config(repository: Path, config: mc.ModelConfig) -> Path:
     path = repository / config.name / "config.pbtxt"
     _atomic_write_text(path, to_pbtxt(config))
     return path
+
+
+def write_preprocess_model(repository: Path) -> Path:
+    """``preprocess/1/`` with the package's sources (rewritten only when they differ)."""
+    dest = repository / PREPROCESS / "1"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, source in PREPROCESS_SOURCES.items():
+        text = source.read_text()
+        target = dest / name
+        if not target.exists() or target.read_text() != text:
+            _atomic_write_text(target, text)
+    return dest
 
 
 def existing_versions(repository: Path, model: str = ENCODER) -> list[int]:
