@@ -14,6 +14,7 @@ USER triton-server
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["curl", "-fsS", "http://127.0.0.1:8000/v2/health/ready"]
-ENTRYPOINT ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", \
-            "--load-model=image_embedding", "--strict-readiness=true", \
-            "--exit-on-error=false", "--allow-metrics=true", "--allow-gpu-metrics=true"]
+ENTRYPOINT ["tritonserver"]
+CMD ["--model-repository=/models", "--model-control-mode=explicit", \
+     "--load-model=image_embedding", "--strict-readiness=true", "--exit-on-error=false", \
+     "--allow-metrics=true", "--allow-gpu-metrics=true"]

@@ -31,6 +31,9 @@ from gateway.triton_embedder import TritonEmbedder
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+# SERVING while the process serves at all, even with Milvus away: the liveness probe's service
+# (a restart would not bring Milvus back). "" and SERVICE_NAME follow the dependencies.
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Gateway:
     async def start(self) -> None:
         for name in ("", SERVICE_NAME):  # until the vector store has answered
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         if self.metrics_port is not None:
             self._metrics_http, _ = start_http_server(self.metrics_port,
                                                       registry=self.metrics.registry)

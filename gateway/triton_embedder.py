@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 
 ENCODER_MODEL = "image_encoder"
 INPUT, OUTPUT = "IMAGE", "EMBEDDING"
+# gRPC keeps one long-lived HTTP/2 connection: with a headless Kubernetes Service and a
+# "dns:///triton:8001" URL, round_robin spreads requests over every Triton pod instead of
+# pinning this gateway to one.
+CHANNEL_ARGS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 
@@ -39,7 +51,7 @@ class TritonEmbedder:
         if self._client is None:  # created inside the running event loop
             from tritonclient.grpc.aio import InferenceServerClient
 
-            self._client = InferenceServerClient(self.url)
+            self._client = InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         return self._client
 
     async def close(self) -> None:
