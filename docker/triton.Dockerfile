@@ -16,5 +16,6 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["curl", "-fsS", "http://127.0.0.1:8000/v2/health/ready"]
 ENTRYPOINT ["tritonserver"]
 CMD ["--model-repository=/models", "--model-control-mode=explicit", \
+     "--load-model=preprocess", "--load-model=image_encoder", \
      "--load-model=image_embedding", "--strict-readiness=true", "--exit-on-error=false", \
      "--allow-metrics=true", "--allow-gpu-metrics=true"]

@@ -192,16 +192,18 @@ def build_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS,
     return Backbone(name, module, dim, spec, str(path), sha256_file(path))
 
 
-def embedding_model(backbone: Backbone) -> torch.nn.Module:
-    """The exported graph: backbone features, L2-normalised (cosine = inner product)."""
+def embedding_model(backbone: Backbone, head: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The exported graph: backbone features (through an optional projection head),
+    L2-normalised (cosine = inner product)."""
     import torch
 
     class L2Embedder(torch.nn.Module):
-        def __init__(self, features: torch.nn.Module) -> None:
+        def __init__(self, features: torch.nn.Module, head: torch.nn.Module) -> None:
             super().__init__()
             self.features = features
+            self.head = head
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.normalize(self.features(pixels), p=2.0, dim=1)
+            return torch.nn.functional.normalize(self.head(self.features(pixels)), p=2.0, dim=1)
 
-    return L2Embedder(backbone.module).eval()
+    return L2Embedder(backbone.module, head or torch.nn.Identity()).eval()

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu target: ONNX Runtime threads per instance (0 = all cores)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="preprocess refuses images with more pixels (decompression bombs)")
+    p.add_argument("--head", type=Path, default=None,
+                   help="a projection head applied to the backbone's features before the L2 "
+                        "normalisation: a torch state dict with 'weight' [out, in] and "
+                        "optionally 'bias' [out] (what visrec-train writes)")
     p.add_argument("--crop-pct", type=float, default=None,
                    help="override the backbone's centre crop: the shorter side is resized to "
                         "size / crop-pct before cropping (1.0 keeps the whole image, better for "
@@ -73,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fingerprint(backbone: str, weights_sha256: str, target: str, opset: int,
-                 crop_pct: float | None) -> dict[str, Any]:
+                 crop_pct: float | None, head_sha256: str | None) -> dict[str, Any]:
     return {"backbone": backbone, "weights_sha256": weights_sha256, "target": target,
-            "opset": opset, "crop_pct": crop_pct}
+            "opset": opset, "crop_pct": crop_pct, "head_sha256": head_sha256}
 
 
 def _find_identical(repository: Path, fingerprint: dict[str, Any]) -> int | None:
@@ -110,17 +114,29 @@ def run(args: argparse.Namespace) -> int:
                 f"--target gpu-tensorrt needs TensorRT and an NVIDIA GPU: {reason}. "
                 "Run it on a GPU node, or use --target gpu-onnx."
             )
+    if args.head is not None and not args.head.is_file():
+        raise ExportError(f"--head {args.head}: no such file")
     repository: Path = args.repository.resolve()
     repository.mkdir(parents=True, exist_ok=True)
+    # One config.pbtxt serves every version of image_encoder: one target per repository.
+    for other in repo.existing_versions(repository):
+        other_target = (repo.read_metadata(repository, other) or {}).get("target", args.target)
+        if other_target != args.target:
+            raise ExportError(
+                f"image_encoder/{other} was exported for target {other_target}; every version "
+                f"of a repository shares one config: export with --target {other_target}, or "
+                "into another --repository")
     weights_sha = sha256_file(resolve_weights(args.weights))
+    head_sha = sha256_file(args.head) if args.head is not None else None
     fingerprint = _fingerprint(args.backbone, weights_sha, args.target, args.opset,
-                               args.crop_pct)
+                               args.crop_pct, head_sha)
 
     existing = _find_identical(repository, fingerprint)
     if existing is not None and (args.version in (None, existing)) and not args.force:
         meta = repo.read_metadata(repository, existing) or {}
         log.info("image_encoder/%d already holds this export; nothing to rebuild", existing)
-        _write_configs(repository, args.target, meta, opts)
+        _write_companions(repository, existing, meta)
+        _write_configs(repository, args.target, opts)
         return existing
 
     version = args.version or (max(repo.existing_versions(repository), default=0) + 1)
@@ -130,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     log.info("building %s with weights %s", args.backbone, args.weights)
     backbone = build_backbone(args.backbone, args.weights, args.crop_pct)
-    model = embedding_model(backbone)
+    head = load_head(args.head, backbone.feature_dim) if args.head is not None else None
+    model = embedding_model(backbone, head)
+    dim = head.out_features if head is not None else backbone.feature_dim
 
     def fill(staging: Path) -> dict[str, Any]:
         onnx_path = staging / "model.onnx"
@@ -154,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
             **fingerprint,
             "version": version,
             "weights": backbone.weights,
-            "dim": backbone.feature_dim,
+            "head": str(args.head) if args.head is not None else None,
+            "dim": dim,
             "preprocess": backbone.preprocess.as_dict(),
             "parity": {"images": parity.images, "max_abs_diff": parity.max_abs_diff,
                        "min_cosine": parity.min_cosine},
@@ -163,30 +182,47 @@ def run(args: argparse.Namespace) -> int:
 
     final = repo.write_version_atomically(repository, version, fill, replace=args.force)
     meta = repo.read_metadata(repository, version) or {}
-    _write_configs(repository, args.target, meta, opts)
+    _write_companions(repository, version, meta)
+    _write_configs(repository, args.target, opts)
     log.info("wrote %s (%d-d embeddings) in %.1fs", final, meta.get("dim", 0),
              time.perf_counter() - t0)
     return version
 
 
-def _write_configs(repository: Path, target: str, meta: dict[str, Any],
-                   opts: repo.ServingOptions) -> None:
+def _write_companions(repository: Path, version: int, meta: dict[str, Any]) -> None:
+    """preprocess/<N> and image_embedding/<N>, with version N's own preprocessing."""
     from export.backbones import PreprocessSpec
 
     p = meta["preprocess"]
     spec = PreprocessSpec(p["height"], p["width"], p["resize_shorter"], p["interpolation"],
                           tuple(p["mean"]), tuple(p["std"]))
-    for other in repo.existing_versions(repository):
-        other_meta = repo.read_metadata(repository, other) or {}
-        if other_meta.get("preprocess", p) != p:
-            log.warning("image_encoder/%d was exported with different preprocessing (%s); the "
-                        "shared preprocess model now serves %s", other,
-                        other_meta.get("preprocess"), p)
-    repo.write_preprocess_model(repository)
-    repo.write_config(repository, repo.preprocess_config(spec, opts))
-    repo.write_config(repository, repo.encoder_config(target, meta["dim"], spec, opts))
-    repo.write_config(repository, repo.ensemble_config(meta["dim"], opts))
-    (repository / repo.ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
+    repo.write_python_version(repository, repo.PREPROCESS, version, spec)
+    repo.write_python_version(repository, repo.PIPELINE, version, spec)
+
+
+def _write_configs(repository: Path, target: str, opts: repo.ServingOptions) -> None:
+    repo.write_config(repository, repo.preprocess_config(opts))
+    repo.write_config(repository, repo.encoder_config(target, opts))
+    repo.write_config(repository, repo.pipeline_config(opts))
+
+
+def load_head(path: Path, in_features: int) -> Any:
+    """A Linear projection head from a state dict {'weight': [out, in], 'bias'?: [out]}."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ExportError(f"cannot read head {path}: {e}") from e
+    weight = state.get("weight") if isinstance(state, dict) else None
+    if weight is None or weight.dim() != 2:
+        raise ExportError(f"head {path} needs a 2-d 'weight' tensor [out, in]")
+    if weight.shape[1] != in_features:
+        raise ExportError(f"head {path} takes {weight.shape[1]} features; the backbone gives "
+                          f"{in_features}")
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+    head.load_state_dict({k: v for k, v in state.items() if k in ("weight", "bias")})
+    return head.eval()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,22 +27,32 @@ PARITY_TOLERANCE = 1e-4
 
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, path: Path,
                 opset: int = DEFAULT_OPSET) -> None:
-    """Export with torch.export (dynamo) and a dynamic batch axis named ``batch``."""
+    """Export with torch.export (dynamo): dynamic batch, and dynamic height and width where
+    the architecture allows (versions of one repository share a config with -1 spatial
+    dims); otherwise fixed spatial dims."""
     import torch
 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; use >= {MIN_OPSET}")
     example = torch.zeros(2, 3, spec.height, spec.width)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(
-                model, (example,), input_names=[PIXELS], output_names=[EMBEDDING],
-                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
-            )
-        except Exception as e:
-            raise ExportError(f"ONNX export failed: {type(e).__name__}: {e}") from e
+    height = torch.export.Dim("height", min=32, max=2048)
+    width = torch.export.Dim("width", min=32, max=2048)
+    program, error = None, None
+    for dims in ({0: batch, 2: height, 3: width}, {0: batch}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                program = torch.onnx.export(
+                    model, (example,), input_names=[PIXELS], output_names=[EMBEDDING],
+                    dynamic_shapes=(dims,), opset_version=opset, dynamo=True, verbose=False,
+                )
+                break
+            except Exception as e:
+                log.info("ONNX export with dynamic dims %s failed: %s", sorted(dims), e)
+                error = e
+    if program is None:
+        raise ExportError(f"ONNX export failed: {type(error).__name__}: {error}") from error
     if program is None:
         raise ExportError("ONNX export returned no program")
     program.save(str(path))

@@ -1,7 +1,11 @@
 """The Triton model repository: config.pbtxt for each target, atomic version folders.
 
-Configs are built as Triton's own ``ModelConfig`` protobuf and printed with ``text_format``, so
-every file written is, by construction, one Triton can parse.
+Model version N is three version folders written together: ``image_encoder/N`` (the network),
+``preprocess/N`` and ``image_embedding/N`` (python backend, each with N's preprocess.json).
+``image_embedding`` version N calls ``image_encoder`` version N, so a request pinned to N is
+served by N end to end. Configs are shared by all versions, hence dynamic spatial and embedding
+dims. They are built as Triton's own ``ModelConfig`` protobuf and printed with ``text_format``,
+so every file written is, by construction, one Triton can parse.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from export.errors import ExportError
 TARGETS = ("cpu", "gpu-onnx", "gpu-tensorrt")
 PREPROCESS = "preprocess"
 ENCODER = "image_encoder"
-ENSEMBLE = "image_embedding"
+PIPELINE = "image_embedding"
+MODELS = (PREPROCESS, ENCODER, PIPELINE)  # load order
 # Tensor names shared by the ONNX graph, the TensorRT engine and the configs.
 IMAGE, PIXELS, EMBEDDING = "IMAGE", "PIXELS", "EMBEDDING"
 METADATA_FILE = "export.json"
@@ -34,8 +39,13 @@ METADATA_FILE = "export.json"
 # so a wheel or an image can fill an empty repository volume.
 BACKENDS = Path(__file__).parent / "triton_backends"
 ORT_ENCODER_SOURCE = BACKENDS / "onnxruntime_encoder.py"
-PREPROCESS_SOURCES = {"model.py": BACKENDS / "preprocess_model.py",
-                      "imaging.py": BACKENDS / "imaging.py"}
+SOURCES = {
+    PREPROCESS: {"model.py": BACKENDS / "preprocess_model.py",
+                 "imaging.py": BACKENDS / "imaging.py"},
+    PIPELINE: {"model.py": BACKENDS / "pipeline_model.py",
+               "imaging.py": BACKENDS / "imaging.py"},
+}
+SPEC_FILE = "preprocess.json"
 
 
 @dataclass(frozen=True)
@@ -62,15 +72,14 @@ def _params(config: mc.ModelConfig, values: dict[str, Any]) -> None:
         config.parameters[key].string_value = str(value)
 
 
-def encoder_config(
-    target: str, dim: int, spec: PreprocessSpec, opts: ServingOptions
-) -> mc.ModelConfig:
+def encoder_config(target: str, opts: ServingOptions) -> mc.ModelConfig:
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     c = mc.ModelConfig(name=ENCODER, max_batch_size=opts.max_batch_size)
     c.version_policy.latest.num_versions = opts.versions_kept
-    c.input.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, spec.height, spec.width])
-    c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[dim])
+    # -1: versions may differ in input size and embedding size (another backbone, a head).
+    c.input.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, -1, -1])
+    c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[-1])
     c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     group = c.instance_group.add(count=opts.encoder_instances)
     if target == "cpu":
@@ -95,34 +104,27 @@ def encoder_config(
     return c
 
 
-def preprocess_config(spec: PreprocessSpec, opts: ServingOptions) -> mc.ModelConfig:
+def preprocess_config(opts: ServingOptions) -> mc.ModelConfig:
     c = mc.ModelConfig(name=PREPROCESS, backend="python", max_batch_size=opts.max_batch_size)
+    c.version_policy.latest.num_versions = opts.versions_kept
     c.input.add(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])
-    c.output.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, spec.height, spec.width])
+    c.output.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, -1, -1])
     c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     c.instance_group.add(count=opts.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    _params(c, {
-        "height": spec.height,
-        "width": spec.width,
-        "resize_shorter": spec.resize_shorter,
-        "interpolation": spec.interpolation,
-        "mean": ",".join(repr(float(x)) for x in spec.mean),
-        "std": ",".join(repr(float(x)) for x in spec.std),
-        "max_pixels": opts.max_pixels,
-    })
+    _params(c, {"max_pixels": opts.max_pixels})
     return c
 
 
-def ensemble_config(dim: int, opts: ServingOptions) -> mc.ModelConfig:
-    c = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=opts.max_batch_size)
+def pipeline_config(opts: ServingOptions) -> mc.ModelConfig:
+    """image_embedding: bytes -> embedding, version N end to end (see the module docstring)."""
+    c = mc.ModelConfig(name=PIPELINE, backend="python", max_batch_size=opts.max_batch_size)
+    c.version_policy.latest.num_versions = opts.versions_kept
     c.input.add(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])
-    c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[dim])
-    pre = c.ensemble_scheduling.step.add(model_name=PREPROCESS, model_version=-1)
-    pre.input_map[IMAGE] = IMAGE
-    pre.output_map[PIXELS] = "pixels"
-    enc = c.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
-    enc.input_map[PIXELS] = "pixels"
-    enc.output_map[EMBEDDING] = EMBEDDING
+    c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[-1])
+    c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    c.instance_group.add(count=opts.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    _params(c, {"max_pixels": opts.max_pixels, "encoder_model": ENCODER,
+                "encoder_max_batch_size": opts.max_batch_size})
     return c
 
 
@@ -147,16 +149,28 @@ def write_config(repository: Path, config: mc.ModelConfig) -> Path:
     return path
 
 
-def write_preprocess_model(repository: Path) -> Path:
-    """``preprocess/1/`` with the package's sources (rewritten only when they differ)."""
-    dest = repository / PREPROCESS / "1"
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, source in PREPROCESS_SOURCES.items():
-        text = source.read_text()
-        target = dest / name
-        if not target.exists() or target.read_text() != text:
-            _atomic_write_text(target, text)
-    return dest
+def python_model_files(model: str, spec: PreprocessSpec) -> dict[str, str]:
+    """The files of one version of a python-backend model (preprocess or image_embedding)."""
+    files = {name: source.read_text() for name, source in SOURCES[model].items()}
+    files[SPEC_FILE] = json.dumps(spec.as_dict(), indent=2) + "\n"
+    return files
+
+
+def write_python_version(repository: Path, model: str, version: int,
+                         spec: PreprocessSpec) -> Path:
+    """``<model>/<version>/``: written atomically when missing or different, else left alone
+    (a version Triton serves is never touched for nothing)."""
+    files = python_model_files(model, spec)
+    final = repository / model / str(version)
+    if final.is_dir() and all((final / n).is_file() and (final / n).read_text() == text
+                              for n, text in files.items()):
+        return final
+
+    def fill(staging: Path) -> None:
+        for name, text in files.items():
+            (staging / name).write_text(text)
+
+    return write_version_atomically(repository, version, fill, model=model, replace=True)
 
 
 def existing_versions(repository: Path, model: str = ENCODER) -> list[int]:
@@ -178,25 +192,27 @@ def read_metadata(repository: Path, version: int) -> dict[str, Any] | None:
 def write_version_atomically(
     repository: Path,
     version: int,
-    fill: Callable[[Path], dict[str, Any]],
+    fill: Callable[[Path], dict[str, Any] | None],
     *,
     replace: bool = False,
+    model: str = ENCODER,
 ) -> Path:
-    """Build ``image_encoder/<version>`` in a staging folder on the same filesystem, then
+    """Build ``<model>/<version>`` in a staging folder on the same filesystem, then
     ``rename()`` it into place, so Triton never sees a half-written version. ``fill`` writes the
-    files into the staging folder and returns the metadata stored as export.json."""
-    final = repository / ENCODER / str(version)
+    files into the staging folder and may return metadata, stored as export.json."""
+    final = repository / model / str(version)
     if final.exists() and not replace:
         raise ExportError(f"{final} already exists (use --force to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     # Staging is a hidden folder at the repository root: same filesystem (rename is atomic),
     # and not a model or version folder Triton is ever asked to load.
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{ENCODER}-{version}-", dir=repository))
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{model}-{version}-", dir=repository))
     try:
         metadata = fill(staging)
-        _atomic_write_text(staging / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+        if metadata is not None:
+            _atomic_write_text(staging / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
         if final.exists():
-            trash = repository / f".trash-{ENCODER}-{version}-{uuid.uuid4().hex}"
+            trash = repository / f".trash-{model}-{version}-{uuid.uuid4().hex}"
             os.rename(final, trash)
             os.rename(staging, final)
             shutil.rmtree(trash, ignore_errors=True)

@@ -20,7 +20,7 @@ import time
 import uuid
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -164,13 +164,48 @@ class MilvusVectorStore:
             raise BackendUnavailable(
                 f"the active pointer names {pointer['collection']}, which has no index record"
             )
-        info = IndexInfo(
-            collection=record["collection"], model_version=str(record["model_version"]),
-            dim=int(record["dim"]), facets=dict(record.get("facets", {})),
-            count=int(record.get("count", 0)),
-        )
+        info = _index_info(record)
         self._ensure_loaded(c, info.collection)
         return info
+
+    def index_info(self, collection: str) -> IndexInfo | None:
+        """The index record of ``collection`` (active or not), None when there is none."""
+        record = self.read_index_record(collection)
+        return _index_info(record) if record is not None else None
+
+    def point_alias(self, alias: str, collection: str) -> bool:
+        """Move (or create) a Milvus alias; False where aliases do not exist (Milvus Lite)."""
+        def call(c: Any) -> bool:
+            from pymilvus.exceptions import MilvusException
+
+            try:
+                existing = c.list_aliases(collection, timeout=self._timeout).get("aliases", [])
+                if alias in existing:
+                    return True
+                try:
+                    c.alter_alias(collection, alias, timeout=self._timeout)
+                except MilvusException:
+                    c.create_alias(collection, alias, timeout=self._timeout)
+                return True
+            except MilvusException as e:
+                if "unimplemented" in str(e).lower() or getattr(e, "code", None) == 1:
+                    return False
+                raise
+            except Exception as e:  # Milvus Lite answers UNIMPLEMENTED at the gRPC level
+                if "UNIMPLEMENTED" in str(e):
+                    return False
+                raise
+
+        return self._sync(call)
+
+    def alias_target(self, alias: str) -> str | None:
+        def call(c: Any) -> str | None:
+            try:
+                return str(c.describe_alias(alias, timeout=self._timeout)["collection_name"])
+            except Exception:
+                return None
+
+        return self._sync(call)
 
     async def active_index(self) -> IndexInfo | None:
         return await self._run(self._active_index)
@@ -278,19 +313,47 @@ class MilvusVectorStore:
             return rows
 
         rows = await self._run(call)
-        if not rows:
-            return None
-        state = rows[0]["state"]
-        return UserProfile(
-            user_id=user_id,
-            vector=np.asarray(rows[0]["vector"], dtype=np.float32) if state.get("has_vector")
-            else None,
-            recent_items=tuple(state.get("recent_items", ())),
-            counts=dict(state.get("counts", {})),
-            recent_events=tuple(state.get("recent_events", ())),
-            interactions=int(state.get("interactions", 0)),
-            updated_at=float(state.get("updated_at", 0.0)),
-        )
+        return _profile(user_id, rows[0]) if rows else None
+
+    async def get_profiles(self, index: IndexInfo, user_ids: Sequence[str]
+                           ) -> Mapping[str, UserProfile]:
+        collection = users_collection(index)
+
+        def call(c: Any) -> list[dict[str, Any]]:
+            if not user_ids or (collection not in self._created and not c.has_collection(
+                    collection, timeout=self._timeout)):
+                return []
+            self._ensure(c, collection, self._build_users(index))
+            rows: list[dict[str, Any]] = c.query(
+                collection, filter=f"id in [{', '.join(quote(u) for u in user_ids)}]",
+                output_fields=["id", "vector", "state"], consistency_level="Strong",
+                timeout=self._timeout)
+            return rows
+
+        return {r["id"]: _profile(r["id"], r) for r in await self._run(call)}
+
+    def profile_batches(self, index: IndexInfo, since: float = 0.0,
+                        batch_size: int = 512) -> Iterator[list[UserProfile]]:
+        """Every profile of ``index`` updated at or after ``since``, in batches."""
+        collection = users_collection(index)
+        out: list[list[UserProfile]] = []
+
+        def call(c: Any) -> None:
+            if not c.has_collection(collection, timeout=self._timeout):
+                return
+            self._ensure(c, collection, self._build_users(index))
+            it = c.query_iterator(collection, batch_size=batch_size,
+                                  filter=f'state["updated_at"] >= {float(since)!r}',
+                                  output_fields=["id", "vector", "state"],
+                                  timeout=self._timeout)
+            try:
+                while batch := it.next():
+                    out.append([_profile(r["id"], r) for r in batch])
+            finally:
+                it.close()
+
+        self._sync(call)
+        yield from out
 
     async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
         collection = users_collection(index)
@@ -466,6 +529,9 @@ class MilvusVectorStore:
 
         return self._sync(call)
 
+    def has_collection(self, collection: str) -> bool:
+        return self._sync(lambda c: bool(c.has_collection(collection, timeout=self._timeout)))
+
     def count(self, collection: str) -> int:
         def call(c: Any) -> int:
             self._ensure_loaded(c, collection)
@@ -516,6 +582,27 @@ class MilvusVectorStore:
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _index_info(record: Mapping[str, Any]) -> IndexInfo:
+    return IndexInfo(
+        collection=record["collection"], model_version=str(record["model_version"]),
+        dim=int(record["dim"]), facets=dict(record.get("facets", {})),
+        count=int(record.get("count", 0)),
+    )
+
+
+def _profile(user_id: str, row: Mapping[str, Any]) -> UserProfile:
+    state = row["state"]
+    return UserProfile(
+        user_id=user_id,
+        vector=np.asarray(row["vector"], dtype=np.float32) if state.get("has_vector") else None,
+        recent_items=tuple(state.get("recent_items", ())),
+        counts=dict(state.get("counts", {})),
+        recent_events=tuple(state.get("recent_events", ())),
+        interactions=int(state.get("interactions", 0)),
+        updated_at=float(state.get("updated_at", 0.0)),
+    )
 
 
 def _item(entity: Mapping[str, Any], item_id: Any = None) -> Item:

@@ -1,8 +1,10 @@
-"""TritonEmbedder: image bytes -> embeddings through Triton's image_embedding ensemble (gRPC).
+"""TritonEmbedder: image bytes -> embeddings through Triton's image_embedding model (gRPC).
 
-Every call carries a client-side deadline. Triton's status codes are translated here: a request
-the preprocess model could not decode is the caller's mistake (InvalidArgument); everything else
-means the inference server is unavailable or slow.
+Every request names the model version it must be embedded by (the version of the active index):
+image_embedding version N runs image_encoder version N, so embedding spaces never mix, during a
+rollout included. Every call carries a client-side deadline. Triton's status codes are
+translated here: an image the model could not decode is the caller's mistake (InvalidArgument);
+everything else means the inference server is unavailable, slow or without that version.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import BackendTimeout, BackendUnavailable, FailedPrecondition, InvalidArgument
+from gateway.errors import BackendTimeout, BackendUnavailable, InvalidArgument
 
 log = logging.getLogger(__name__)
 
-ENCODER_MODEL = "image_encoder"
 INPUT, OUTPUT = "IMAGE", "EMBEDDING"
 # gRPC keeps one long-lived HTTP/2 connection: with a headless Kubernetes Service and a
 # "dns:///triton:8001" URL, round_robin spreads requests over every Triton pod instead of
@@ -67,7 +68,7 @@ class TritonEmbedder:
             return False
 
     async def served_version(self) -> str | None:
-        """The image_encoder version the ensemble resolves to (the newest ready one)."""
+        """The newest ready version of the image_embedding model (for metrics and ingest)."""
         checked_at, version = self._served
         if time.monotonic() - checked_at < self._version_check_s:
             return version
@@ -77,7 +78,7 @@ class TritonEmbedder:
         except Exception as e:
             raise _translate(e, self.url) from e
         ready = [int(m["version"]) for m in index.get("models", [])
-                 if m.get("name") == ENCODER_MODEL and m.get("state") == "READY"
+                 if m.get("name") == self.model and m.get("state") == "READY"
                  and str(m.get("version", "")).isdigit()]
         version = str(max(ready)) if ready else None
         self._served = (time.monotonic(), version)
@@ -86,13 +87,6 @@ class TritonEmbedder:
     async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
         from tritonclient.grpc import InferInput, InferRequestedOutput
 
-        # The ensemble runs the newest ready encoder; refuse rather than mix embedding spaces.
-        served = await self.served_version()
-        if served != model_version:
-            raise FailedPrecondition(
-                f"Triton serves image_encoder version {served or 'none'}, but the active index "
-                f"holds version {model_version} embeddings"
-            )
         batch = np.empty((len(images), 1), dtype=object)
         for i, data in enumerate(images):
             batch[i, 0] = data
@@ -100,18 +94,18 @@ class TritonEmbedder:
         inp.set_data_from_numpy(batch)
         try:
             result = await self._grpc().infer(
-                self.model, [inp], outputs=[InferRequestedOutput(OUTPUT)],
-                client_timeout=self._timeout,
+                self.model, [inp], model_version=model_version,
+                outputs=[InferRequestedOutput(OUTPUT)], client_timeout=self._timeout,
             )
         except Exception as e:
-            raise _translate(e, self.url) from e
+            raise _translate(e, self.url, f"{self.model} version {model_version}") from e
         out = result.as_numpy(OUTPUT)
         if out is None:
             raise BackendUnavailable(f"Triton ({self.url}) returned no {OUTPUT} tensor")
         return np.asarray(out, dtype=np.float32)
 
 
-def _translate(error: Exception, url: str) -> Exception:
+def _translate(error: Exception, url: str, what: str = "") -> Exception:
     from tritonclient.utils import InferenceServerException
 
     if isinstance(error, TimeoutError):
@@ -124,4 +118,7 @@ def _translate(error: Exception, url: str) -> Exception:
         return InvalidArgument(f"image rejected: {re.sub(ENSEMBLE_PREFIX, '', message)}")
     if status.endswith("DEADLINE_EXCEEDED") or "Deadline Exceeded" in message:
         return BackendTimeout(f"Triton ({url}) did not answer in time")
+    if status.endswith("NOT_FOUND") or "unknown model" in message:
+        return BackendUnavailable(f"Triton ({url}) does not serve {what or 'the model'} "
+                                  f"now: {message}")
     return BackendUnavailable(f"Triton ({url}) unavailable: {message or status}")

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = ROOT / "model_repository"
 DEFAULT_BUILD = ROOT / "build" / "triton"
 DEFAULT_STATE = ROOT / "data" / "triton"
-DEFAULT_MODELS = ("image_embedding",)  # the ensemble pulls in preprocess and image_encoder
+# image_embedding calls image_encoder through BLS: no load-time dependency, load all three.
+DEFAULT_MODELS = ("preprocess", "image_encoder", "image_embedding")
 
 
 class TritonLaunchError(RuntimeError):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -92,3 +94,36 @@ def to_pixels(
     arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+SPEC_FILE = "preprocess.json"
+SPEC_KEYS = ("height", "width", "resize_shorter", "interpolation", "mean", "std")
+
+
+def load_spec(version_dir: str) -> dict[str, Any]:
+    """The preprocessing of one model version, written by visrec-export beside its model."""
+    import json
+    import os
+
+    with open(os.path.join(version_dir, SPEC_FILE)) as f:
+        spec = json.load(f)
+    return {k: spec[k] for k in SPEC_KEYS}
+
+
+def decode_batches(
+    pool: Executor, images_per_request: Sequence[Sequence[bytes]], max_pixels: int,
+    spec: Mapping[str, Any],
+) -> list[np.ndarray | BaseException]:
+    """For each request of a dynamic batch: its images as one FP32 (n, 3, H, W) array, or the
+    first error among its images. Decoding runs on ``pool`` (Pillow releases the GIL)."""
+    futures = [[pool.submit(lambda d: to_pixels(decode(d, max_pixels), **spec), data)
+                for data in images] for images in images_per_request]
+    out: list[np.ndarray | BaseException] = []
+    for request_futures in futures:
+        try:
+            pixels = [f.result() for f in request_futures]
+        except BaseException as e:
+            out.append(e)
+            continue
+        out.append(np.stack(pixels) if pixels else np.zeros((0, 3, 1, 1), np.float32))
+    return out

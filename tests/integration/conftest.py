@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from export.cli import SOURCE_REPOSITORY, build_parser
+from export.cli import build_parser
 from export.cli import run as run_export
 from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from gateway.catalog import build_catalog
@@ -35,10 +35,13 @@ from tests.support import ROOT, free_port
 
 
 @pytest.fixture(scope="session")
-def model_repository() -> Path:
-    """The project's repository with the default model exported (idempotent, like `make run`)."""
-    run_export(build_parser().parse_args(["--target", "cpu", "--quiet"]))
-    return SOURCE_REPOSITORY
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository of this session with the default model exported as version 1 (the hot-
+    reload tests add versions to it, so it is not the checkout's model_repository/)."""
+    repository = tmp_path_factory.mktemp("model_repository")
+    run_export(build_parser().parse_args(["--target", "cpu", "--quiet",
+                                          "--repository", str(repository)]))
+    return repository
 
 
 @pytest.fixture(scope="session")

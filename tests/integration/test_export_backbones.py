@@ -38,7 +38,9 @@ def test_local_checkpoint_exports_with_parity(tmp_path, backbone, factory, dim, 
     assert meta["dim"] == dim and meta["parity"]["max_abs_diff"] <= 1e-4
     assert meta["preprocess"]["height"] == size
     enc = parse_pbtxt((repo / "image_encoder" / "config.pbtxt").read_text())
-    assert list(enc.output[0].dims) == [dim]
+    assert list(enc.output[0].dims) == [-1]
+    spec = json.loads((repo / "image_embedding" / "1" / "preprocess.json").read_text())
+    assert spec["height"] == size
     assert sorted(p.name for p in (repo / "image_encoder" / "1").iterdir()) == \
         ["export.json", "model.onnx", "model.py"]
     # The repository is complete: the preprocess sources were copied next to it.
@@ -47,11 +49,27 @@ def test_local_checkpoint_exports_with_parity(tmp_path, backbone, factory, dim, 
     assert run(args) == 1
     assert run(build_parser().parse_args([*vars_to_argv(args), "--crop-pct", "1.0"])) == 2
     assert read_metadata(repo, 2)["preprocess"]["resize_shorter"] == size
+    # Each version brings its own preprocessing: version 1 keeps its crop.
+    v1 = json.loads((repo / "preprocess" / "1" / "preprocess.json").read_text())
+    v2 = json.loads((repo / "preprocess" / "2" / "preprocess.json").read_text())
+    assert v1["resize_shorter"] > v2["resize_shorter"] == size
 
 
 def vars_to_argv(args) -> list[str]:
     return ["--backbone", args.backbone, "--weights", args.weights,
             "--repository", str(args.repository), "--quiet"]
+
+
+def test_a_repository_keeps_one_target(tmp_path):
+    weights = _checkpoint(tmp_path, lambda: __import__("torchvision").models.resnet18(), "r18")
+    repo = tmp_path / "repo"
+    base = ["--backbone", "torchvision:resnet18", "--weights", str(weights), "--repository",
+            str(repo), "--quiet"]
+    assert run(build_parser().parse_args(base)) == 1
+    from export.errors import ExportError
+
+    with pytest.raises(ExportError, match="exported for target cpu"):
+        run(build_parser().parse_args([*base, "--target", "gpu-onnx"]))
 
 
 def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):

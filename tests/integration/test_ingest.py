@@ -66,7 +66,7 @@ async def test_a_corrupt_catalog_image_is_skipped_and_reported(triton, catalog, 
 async def test_ingest_refuses_a_version_triton_does_not_serve(triton, catalog, tmp_path):
     store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
-    with pytest.raises(VisrecError, match="serves image_encoder version 1"):
+    with pytest.raises(VisrecError, match="does not serve image_embedding version 7"):
         await ingest(_small_catalog(catalog, tmp_path, 4), store, embedder,
                      model_version="7", progress=False)
     await embedder.close()

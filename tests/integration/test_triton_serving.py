@@ -79,7 +79,7 @@ async def test_corrupt_image_fails_its_own_request_not_the_batch(triton):
     async with InferenceServerClient(triton.grpc_url) as client:
         results = await asyncio.gather(*(_embed(client, [im]) for im in images),
                                        return_exceptions=True)
-        stats = await client.get_inference_statistics("preprocess", as_json=True)
+        stats = await client.get_inference_statistics("image_embedding", as_json=True)
     for i, r in enumerate(results):
         if i in bad:
             assert isinstance(r, InferenceServerException), i

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,13 @@ OPTS = repo.ServingOptions()
 
 @pytest.mark.parametrize("target", repo.TARGETS)
 def test_encoder_config_for_every_target_parses_into_model_config(target, tmp_path):
-    path = repo.write_config(tmp_path, repo.encoder_config(target, 1280, SPEC, OPTS))
+    path = repo.write_config(tmp_path, repo.encoder_config(target, OPTS))
     parsed = repo.parse_pbtxt(path.read_text())
     assert parsed.name == "image_encoder" and parsed.max_batch_size == 64
     assert [i.name for i in parsed.input] == ["PIXELS"]
-    assert list(parsed.input[0].dims) == [3, 224, 224]
-    assert list(parsed.output[0].dims) == [1280]
+    # One config for every version: sizes may differ between versions.
+    assert list(parsed.input[0].dims) == [3, -1, -1]
+    assert list(parsed.output[0].dims) == [-1]
     assert parsed.HasField("dynamic_batching")
     assert parsed.version_policy.latest.num_versions == 2
     kind = parsed.instance_group[0].kind
@@ -35,20 +37,35 @@ def test_encoder_config_for_every_target_parses_into_model_config(target, tmp_pa
         assert parsed.platform == "tensorrt_plan" and parsed.default_model_filename == "model.plan"
 
 
-def test_preprocess_and_ensemble_configs_parse_and_connect(tmp_path):
-    pre_path = repo.write_config(tmp_path, repo.preprocess_config(SPEC, OPTS))
-    ens_path = repo.write_config(tmp_path, repo.ensemble_config(1280, OPTS))
-    pre, ens = repo.parse_pbtxt(pre_path.read_text()), repo.parse_pbtxt(ens_path.read_text())
-    assert pre.input[0].data_type == mc.TYPE_STRING
-    assert pre.parameters["resize_shorter"].string_value == "256"
-    steps = ens.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["preprocess", "image_encoder"]
-    assert steps[0].output_map["PIXELS"] == steps[1].input_map["PIXELS"]
+def test_preprocess_and_pipeline_configs_parse(tmp_path):
+    pre_path = repo.write_config(tmp_path, repo.preprocess_config(OPTS))
+    pipe_path = repo.write_config(tmp_path, repo.pipeline_config(OPTS))
+    pre, pipe = repo.parse_pbtxt(pre_path.read_text()), repo.parse_pbtxt(pipe_path.read_text())
+    assert pre.input[0].data_type == mc.TYPE_STRING and pre.backend == "python"
+    assert list(pre.output[0].dims) == [3, -1, -1]
+    assert pipe.name == "image_embedding" and pipe.backend == "python"
+    assert pipe.input[0].data_type == mc.TYPE_STRING and list(pipe.output[0].dims) == [-1]
+    assert pipe.parameters["encoder_model"].string_value == "image_encoder"
+    assert pipe.version_policy.latest.num_versions == 2
+
+
+def test_python_versions_carry_their_own_preprocessing_and_are_rewritten_only_on_change(
+        tmp_path):
+    first = repo.write_python_version(tmp_path, repo.PIPELINE, 3, SPEC)
+    assert sorted(p.name for p in first.iterdir()) == ["imaging.py", "model.py",
+                                                       "preprocess.json"]
+    assert json.loads((first / "preprocess.json").read_text())["resize_shorter"] == 256
+    inode = (first / "model.py").stat().st_ino
+    repo.write_python_version(tmp_path, repo.PIPELINE, 3, SPEC)
+    assert (first / "model.py").stat().st_ino == inode  # identical: left alone
+    other = PreprocessSpec(288, 288, 320, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    repo.write_python_version(tmp_path, repo.PIPELINE, 3, other)
+    assert json.loads((first / "preprocess.json").read_text())["height"] == 288
 
 
 def test_unknown_target_is_refused():
     with pytest.raises(ExportError, match="unknown target"):
-        repo.encoder_config("tpu", 8, SPEC, OPTS)
+        repo.encoder_config("tpu", OPTS)
 
 
 def test_serving_options_are_validated():

@@ -1,0 +1,232 @@
+"""Model hot reload: rolling from version 1 to a genuinely different version 2 (a 256-d
+projection head on the backbone) and back, under traffic, never fails a request and never
+compares embeddings of two versions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+import torch
+
+from export.cli import build_parser
+from export.cli import run as run_export
+from export.repository import ENCODER, write_version_atomically
+from gateway._pb.visrec.v1 import recommender_pb2 as pb
+from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from gateway.ingest import ingest
+from gateway.milvus_store import MilvusVectorStore
+from gateway.rollout import TritonVersions, rollout
+from gateway.triton_embedder import TritonEmbedder
+from tests.integration.test_ingest import _small_catalog
+from tests.support import ROOT, photo
+
+APPLE = "google:1f34e"
+
+
+@pytest.fixture(scope="module")
+def version_2(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Version 2: the same backbone through a random orthogonal 1280 -> 256 projection: a
+    different embedding space (and dimension) than version 1's."""
+    head = tmp_path_factory.mktemp("head") / "head256.pt"
+    torch.manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(1280, 256))
+    torch.save({"weight": q.T.contiguous()}, head)
+    version = run_export(build_parser().parse_args(
+        ["--target", "cpu", "--quiet", "--repository", str(model_repository),
+         "--head", str(head)]))
+    assert version == 2
+    return "2"
+
+
+class Traffic:
+    """SearchByImage and SimilarItems in a loop; every answer and error is recorded."""
+
+    def __init__(self, stub: pb_grpc.RecommenderStub) -> None:
+        self.stub = stub
+        self.answers: dict[tuple[str, str], list[tuple[float, tuple[str, ...]]]] = defaultdict(list)
+        self.errors: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _loop(self, method: str) -> None:
+        image = photo("chelsea", "JPEG")
+        while not self._stop.is_set():
+            try:
+                if method == "SearchByImage":
+                    reply = await self.stub.SearchByImage(
+                        pb.SearchByImageRequest(image=image, k=10), timeout=30)
+                else:
+                    reply = await self.stub.SimilarItems(
+                        pb.SimilarItemsRequest(item_id=APPLE, k=10), timeout=30)
+                self.answers[(method, reply.model_version)].append(
+                    (time.time(), tuple(h.item.id for h in reply.items)))
+            except grpc.aio.AioRpcError as e:
+                self.errors.append(f"{method}: {e.code().name}: {e.details()}")
+            await asyncio.sleep(0.05)  # steady traffic that leaves CPU for the re-embedding
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._loop(m))
+                       for m in ("SearchByImage", "SimilarItems", "SimilarItems")]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def first(self, method: str, version: str) -> float:
+        return min(t for t, _ in self.answers[(method, version)])
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def controls(triton, milvus_lite_uri):
+    store = MilvusVectorStore(milvus_lite_uri, timeout_s=60)
+    versions = TritonVersions(triton.grpc_url)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=300)
+    yield store, versions, embedder
+    await embedder.close()
+    await versions.close()
+    await store.close()
+
+
+@pytest.mark.timeout(900)
+async def test_rolling_to_version_2_and_back_under_traffic(gateway, channel, catalog, version_2,
+                                                           controls, capsys):
+    store, versions, embedder = controls
+    traffic = Traffic(pb_grpc.RecommenderStub(channel))
+    traffic.start()
+    await asyncio.sleep(2)
+    forward = await rollout("2", store, versions, embedder, catalog=catalog, grace_s=3,
+                            progress=False)
+    switched = next(s for s in forward.steps if s.name == "switch")
+    switched_at = switched.started + switched.seconds
+    await asyncio.sleep(2)
+    back = await rollout("1", store, versions, embedder, catalog=None, grace_s=3,
+                         progress=False)
+    await asyncio.sleep(2)
+    await traffic.stop()
+    with capsys.disabled():
+        print("\n" + forward.render() + "\n" + back.render())
+        print({k: len(v) for k, v in traffic.answers.items()})
+
+    assert traffic.errors == [], traffic.errors[:5]
+    for method in ("SearchByImage", "SimilarItems"):
+        answers = {v: {ids for _, ids in traffic.answers[(method, v)]} for v in ("1", "2")}
+        # Every answer of a version is that version's answer: nothing ever mixed two spaces.
+        assert len(answers["1"]) == 1 and len(answers["2"]) == 1, (method, answers)
+        assert answers["1"] != answers["2"], f"{method}: the two versions answer alike"
+        assert len(traffic.answers[(method, "2")]) >= 3
+        # The gateway followed the pointer within 2 seconds, without a restart.
+        assert traffic.first(method, "2") - switched_at < 2.0
+    assert [s.name for s in forward.steps] == ["load", "re-embed", "verify", "profiles",
+                                               "switch", "catch-up", "grace", "unload"]
+    assert forward.ingest is not None and forward.ingest.embedded == 3822
+    assert "nothing to embed" in next(s.detail for s in back.steps if s.name == "re-embed")
+    assert await versions.ready() == ["1"]
+    assert (await store.active_index()).model_version == "1"
+
+
+@pytest.mark.timeout(600)
+async def test_re_serving_a_version_with_replaced_files_has_no_downtime(
+        gateway, channel, model_repository, controls):
+    """Replace version 1's files (atomically, as export --force does) and load it again
+    through the repository API while requests keep coming."""
+    _, versions, _ = controls
+    traffic = Traffic(pb_grpc.RecommenderStub(channel))
+    traffic.start()
+    await asyncio.sleep(1)
+    source = model_repository / ENCODER / "1"
+
+    def fill(staging: Path) -> None:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copy(f, staging / f.name)
+
+    before = (source / "model.onnx").stat().st_ino
+    await asyncio.to_thread(write_version_atomically, model_repository, 1, fill, replace=True)
+    assert (source / "model.onnx").stat().st_ino != before
+    await versions.serve(["1"])
+    await asyncio.sleep(2)
+    await traffic.stop()
+    assert traffic.errors == [], traffic.errors[:5]
+    assert len(traffic.answers[("SearchByImage", "1")]) >= 5
+
+
+@pytest.mark.timeout(900)
+async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
+        triton, catalog, version_2, milvus_server, tmp_path):
+    """Against a real Milvus server (aliases exist there): kill `visrec-rollout` during the
+    re-embedding, check version 1 still serves, run it again to completion, roll back."""
+    store = MilvusVectorStore(milvus_server, timeout_s=60)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=300)
+    versions = TritonVersions(triton.grpc_url)
+    small = _small_catalog(catalog, tmp_path, 600)
+    try:
+        await versions.serve(["1"])
+        first = await ingest(small, store, embedder, model_version="1", progress=False)
+        assert first.collection == "items_v1"
+        assert await asyncio.to_thread(store.point_alias, "visrec_items", "items_v1")
+
+        cli = [str(Path(sys.executable).parent / "visrec-rollout"), "--to", "2", "--catalog",
+               str(small), "--milvus-uri", milvus_server, "--triton-url", triton.grpc_url,
+               "--grace-s", "1", "-q"]
+        proc = await asyncio.create_subprocess_exec(
+            *cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 300
+        while True:
+            await asyncio.sleep(0.3)
+            assert proc.returncode is None, "the rollout finished before it could be killed"
+            assert time.monotonic() < deadline
+            count = await _count(store, "items_v2")
+            if 0 < count < 600:
+                break
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        assert (await store.active_index()).collection == "items_v1"
+        assert await asyncio.to_thread(store.alias_target, "visrec_items") == "items_v1"
+        assert "1" in await versions.ready()
+
+        rerun = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True,
+                                        timeout=600, check=False, cwd=ROOT)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        reused = _reused(rerun.stdout)
+        assert 0 < reused < 600, rerun.stdout
+        active = await store.active_index()
+        assert active.collection == "items_v2" and active.dim == 256 and active.count == 600
+        assert await asyncio.to_thread(store.alias_target, "visrec_items") == "items_v2"
+
+        rollback = [cli[0], "--to", "1", "--milvus-uri", milvus_server,
+                    "--triton-url", triton.grpc_url, "--grace-s", "1", "-q"]
+        back = await asyncio.to_thread(subprocess.run, rollback, capture_output=True, text=True,
+                                       timeout=600, check=False, cwd=ROOT)
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert (await store.active_index()).collection == "items_v1"
+        assert await asyncio.to_thread(store.alias_target, "visrec_items") == "items_v1"
+    finally:
+        await versions.serve(["1"])
+        await versions.close()
+        await embedder.close()
+        await store.close()
+
+
+async def _count(store: MilvusVectorStore, collection: str) -> int:
+    def call() -> int:
+        return store.count(collection) if store.has_collection(collection) else 0
+
+    return await asyncio.to_thread(call)
+
+
+def _reused(output: str) -> int:
+    """'N already there' of the re-embed line of the timeline."""
+    line = next(line for line in output.splitlines() if "re-embed" in line)
+    return int(line.split(" embedded")[1].split(", ")[1].split(" already")[0])
