@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-http-port", type=int, default=8000)
     p.add_argument("--triton-metrics-port", type=int, default=8002)
     p.add_argument("--milvus-uri", default=str(DATA / "milvus.db"))
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                   help="Triton model repository to export into and serve")
     p.add_argument("--serve", action="store_true",
                    help="keep Triton and the gateway running until Ctrl-C")
     p.add_argument("--prometheus", action="store_true",
@@ -148,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     address = f"localhost:{args.grpc_port}"
 
     t = step("1/5 export EfficientNet-Lite0 (ImageNet weights) to ONNX -> model_repository")
-    run([str(bin_dir / "visrec-export"), "--target", "cpu"])
+    run([str(bin_dir / "visrec-export"), "--target", "cpu", "--repository",
+         str(args.repository)])
     done(t)
 
     t = step("2/5 start Triton on CPU (tritonserver 2.51 from the nvidia-pytriton wheel)")
-    triton = TritonServer(repository=DEFAULT_REPOSITORY, http_port=args.triton_http_port,
+    triton = TritonServer(repository=args.repository.resolve(),
+                          http_port=args.triton_http_port,
                           grpc_port=args.triton_grpc_port, metrics_port=args.triton_metrics_port,
                           log_file=DATA / "triton" / "tritonserver.log")
     owns_triton = not triton.is_ready()

@@ -120,13 +120,14 @@ async def carry_profiles(store: MilvusVectorStore, src: IndexInfo, dst: IndexInf
     moved = 0
     batches = await asyncio.to_thread(lambda: list(store.profile_batches(src, since)))
     for batch in batches:
-        ids = sorted({i for p in batch for i in p.recent_items})
-        vectors = await store.get_vectors(dst, ids) if ids else {}
         existing = await store.get_profiles(dst, [p.user_id for p in batch])
-        for profile in batch:
-            current = existing.get(profile.user_id)
-            if current is not None and current.updated_at >= profile.updated_at:
-                continue
+        todo = [p for p in batch if p.user_id not in existing
+                or existing[p.user_id].updated_at < p.updated_at]
+        ids = sorted({i for p in todo for i in p.recent_items})
+        vectors: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), 1000):
+            vectors.update(await store.get_vectors(dst, ids[start:start + 1000]))
+        for profile in todo:
             vector: np.ndarray | None = None
             for item_id in reversed(profile.recent_items):
                 v = vectors.get(item_id)

@@ -18,7 +18,8 @@ def test_main_job_prints_real_recommendations(tmp_path):
     ports = [str(free_port()) for _ in range(5)]
     cmd = [str(demo), "--grpc-port", ports[0], "--metrics-port", ports[1],
            "--triton-grpc-port", ports[2], "--triton-http-port", ports[3],
-           "--triton-metrics-port", ports[4], "--milvus-uri", str(tmp_path / "demo.db")]
+           "--triton-metrics-port", ports[4], "--milvus-uri", str(tmp_path / "demo.db"),
+           "--repository", str(tmp_path / "model_repository")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           check=False)
     out = proc.stdout
