@@ -1,5 +1,5 @@
 # Developer shortcuts; CI runs the same scripts (.ci/run -> scripts/test).
-.PHONY: setup run serve test unit lint proto export triton-start triton-stop catalog ingest gateway clean
+.PHONY: setup run serve test unit lint proto export triton-start triton-stop catalog ingest gateway bench clean
 
 setup:            ## install system + Python dependencies into .venv, generate gRPC stubs
 	./scripts/setup
@@ -27,6 +27,8 @@ ingest: setup
 	.venv/bin/visrec-ingest
 gateway: setup
 	.venv/bin/visrec-gateway
+bench: setup      ## every benchmark side by side, report in artifacts/bench/report.md
+	.venv/bin/python -m bench $(BENCH_ARGS)
 clean:            ## remove generated files (keeps .venv and the npm cache)
 	rm -rf build gateway/_pb data/catalog data/milvus.db data/triton \
 	  model_repository/image_encoder/[0-9]* model_repository/*/config.pbtxt

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, default=2000,
                    help="dynamic batching: how long Triton may wait to fill a batch")
     p.add_argument("--instances", type=int, default=1, help="encoder instances")
-    p.add_argument("--preprocess-instances", type=int, default=1, help="preprocess instances")
+    p.add_argument("--preprocess-instances", type=int, default=2,
+                   help="instances of preprocess and of image_embedding (they decode in "
+                   "parallel; 2 measured +44%% image_embedding throughput on 2 cores)")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="cpu target: ONNX Runtime threads per instance (0 = all cores)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,

@@ -53,7 +53,7 @@ class ServingOptions:
     max_batch_size: int = 64
     max_queue_delay_us: int = 2000
     encoder_instances: int = 1
-    preprocess_instances: int = 1
+    preprocess_instances: int = 2
     intra_op_threads: int = 0  # 0: ONNX Runtime picks the core count
     max_pixels: int = 40_000_000
     versions_kept: int = 2  # N and N+1 side by side during a rollout

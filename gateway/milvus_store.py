@@ -50,6 +50,17 @@ POINTER_KEY = "pointer:items"
 ITEM_FIELDS = ["id", "name", "category", "subcategory", "image_uri", "attributes"]
 # Milvus caps a query's offset + limit.
 QUERY_PAGE = 16384
+# Build parameters per index type (AUTOINDEX and FLAT need none); search passes ef (HNSW) and
+# nprobe (IVF) together, each index reads its own.
+INDEX_BUILD_PARAMS: dict[str, dict[str, int]] = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": 1024},
+    "IVF_SQ8": {"nlist": 1024},
+}
+
+
+def search_params(k: int) -> dict[str, Any]:
+    return {"metric_type": "COSINE", "params": {"ef": max(64, k), "nprobe": 32}}
 
 
 def items_collection(model_version: str | int) -> str:
@@ -247,8 +258,7 @@ class MilvusVectorStore:
         def call(c: Any) -> list[Any]:
             result: list[Any] = c.search(
                 index.collection, data=data, anns_field="vector", limit=k, filter=expr,
-                output_fields=fields, search_params={"metric_type": "COSINE"},
-                timeout=self._timeout,
+                output_fields=fields, search_params=search_params(k), timeout=self._timeout,
             )
             return result
 
@@ -299,8 +309,14 @@ class MilvusVectorStore:
 
         return build
 
-    async def get_profile(self, index: IndexInfo, user_id: str) -> UserProfile | None:
+    async def get_profile(self, index: IndexInfo, user_id: str, *,
+                          for_update: bool = True) -> UserProfile | None:
+        """``for_update`` (read-modify-write) reads Strong: it must see every replica's last
+        write or an interaction is lost. A read only to serve (Recommend) reads Session: this
+        replica's own writes, others' within a time tick (~200 ms), and none of Strong's wait
+        for the tick, which on a Milvus server is most of a Recommend's latency."""
         collection = users_collection(index)
+        consistency = "Strong" if for_update else "Session"
 
         def call(c: Any) -> list[dict[str, Any]]:
             if collection not in self._created and not c.has_collection(
@@ -309,7 +325,7 @@ class MilvusVectorStore:
             self._ensure(c, collection, self._build_users(index))
             rows: list[dict[str, Any]] = c.query(
                 collection, filter=f"id == {quote(user_id)}", output_fields=["vector", "state"],
-                consistency_level="Strong", timeout=self._timeout)
+                consistency_level=consistency, timeout=self._timeout)
             return rows
 
         rows = await self._run(call)
@@ -501,7 +517,8 @@ class MilvusVectorStore:
             schema.add_field("image_uri", DataType.VARCHAR, max_length=2048)
             schema.add_field("attributes", DataType.JSON)
             params = c.prepare_index_params()
-            params.add_index("vector", index_type=self._index_type, metric_type="COSINE")
+            params.add_index("vector", index_type=self._index_type, metric_type="COSINE",
+                             params=INDEX_BUILD_PARAMS.get(self._index_type.upper(), {}))
             c.create_collection(collection, schema=schema, index_params=params,
                                 timeout=self._timeout)
 

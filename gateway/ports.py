@@ -65,7 +65,8 @@ class VectorStore(Protocol):
         ...
 
     # user profiles (stored beside the index: same model version, same embedding space)
-    async def get_profile(self, index: IndexInfo, user_id: str) -> UserProfile | None: ...
+    async def get_profile(self, index: IndexInfo, user_id: str, *,
+                          for_update: bool = True) -> UserProfile | None: ...
 
     async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
         """Durable once it returns."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import zlib
 from pathlib import Path
@@ -11,13 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gateway.milvus_local import free_port
+
+__all__ = ["ROOT", "bomb_png", "encode", "free_port", "odd_images", "photo", "truncated_png"]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def encode(img: Image.Image | np.ndarray, fmt: str = "PNG", **kwargs: object) -> bytes:

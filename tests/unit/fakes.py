@@ -81,7 +81,8 @@ class InMemoryStore:
         return [it for it, _ in self.items.values()
                 if all(matches(it.value(c.field), c) for c in conditions)][:limit]
 
-    async def get_profile(self, index: IndexInfo, user_id: str) -> UserProfile | None:
+    async def get_profile(self, index: IndexInfo, user_id: str, *,
+                          for_update: bool = True) -> UserProfile | None:
         self._check()
         return self.profiles.get(user_id)
 

@@ -4,6 +4,7 @@ properties."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -337,3 +338,5 @@ def test_ci_runs_the_readme_test_command_and_cd_gates_production():
     assert cd["jobs"]["production"]["needs"] == ["images", "staging"]
     bench = yaml.safe_load((ROOT / ".github/workflows/bench.yml").read_text())
     assert "gpu" in bench["jobs"]["gpu"]["runs-on"]
+    runs = [s["run"].split()[0] for s in bench["jobs"]["gpu"]["steps"] if "run" in s]
+    assert "bench/gpu.sh" in runs and os.access(ROOT / "bench/gpu.sh", os.X_OK)

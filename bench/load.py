@@ -1,0 +1,95 @@
+"""Gateway load generator (async gRPC): closed loop at a fixed concurrency, or open loop at a
+fixed arrival rate, for a bounded time. Latency is measured per request from send to answer;
+in the open loop from the scheduled send time, so queueing in the client counts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from bench.stats import percentiles
+from gateway._pb.visrec.v1 import recommender_pb2 as pb
+from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+
+Call = Callable[[pb_grpc.RecommenderStub, int], Any]
+
+
+def similar_items(item_ids: Sequence[str], k: int = 10) -> Call:
+    def call(stub: pb_grpc.RecommenderStub, i: int) -> Any:
+        return stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_ids[i % len(item_ids)],
+                                                        k=k), timeout=30)
+    return call
+
+
+def recommend(user_ids: Sequence[str], k: int = 10) -> Call:
+    def call(stub: pb_grpc.RecommenderStub, i: int) -> Any:
+        return stub.Recommend(pb.RecommendRequest(user_id=user_ids[i % len(user_ids)], k=k),
+                              timeout=30)
+    return call
+
+
+def search_by_image(images: Sequence[bytes], k: int = 10) -> Call:
+    def call(stub: pb_grpc.RecommenderStub, i: int) -> Any:
+        return stub.SearchByImage(pb.SearchByImageRequest(image=images[i % len(images)], k=k),
+                                  timeout=60)
+    return call
+
+
+def _summary(kind: str, level: float, latencies: list[float], errors: list[str],
+             seconds: float) -> dict[str, Any]:
+    return {"mode": kind, "level": level, "requests": len(latencies), "errors": len(errors),
+            "error_samples": sorted(set(errors))[:3], "throughput_rps": len(latencies) / seconds,
+            **percentiles(latencies)}
+
+
+async def closed_loop(address: str, call: Call, concurrency: int, seconds: float,
+                      warmup_s: float = 1.0) -> dict[str, Any]:
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        start = time.perf_counter()
+        measure_from, end = start + warmup_s, start + warmup_s + seconds
+
+        async def worker() -> None:
+            while (now := time.perf_counter()) < end:
+                try:
+                    await call(stub, next(counter))
+                    if now >= measure_from:
+                        latencies.append(time.perf_counter() - now)
+                except grpc.aio.AioRpcError as e:
+                    if now >= measure_from:
+                        errors.append(f"{e.code().name}: {e.details()}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _summary("closed", concurrency, latencies, errors, seconds)
+
+
+async def open_loop(address: str, call: Call, rate: float, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        start = time.perf_counter()
+        n = int(rate * seconds)
+
+        async def one(i: int) -> None:
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            try:
+                await call(stub, i)
+                latencies.append(time.perf_counter() - scheduled)
+            except grpc.aio.AioRpcError as e:
+                errors.append(f"{e.code().name}: {e.details()}")
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = max(seconds, time.perf_counter() - start)
+    result = _summary("open", rate, latencies, errors, elapsed)
+    result["offered_rps"] = rate
+    return result

@@ -1,0 +1,97 @@
+"""perf_analyzer (the real one, from tritonclient 2.51) against Triton over gRPC."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+PERF = Path(sys.executable).parent / "perf_analyzer"
+
+
+def _env() -> dict[str, str]:
+    import nvidia.cuda_runtime  # libcudart.so.12, which perf_analyzer links
+
+    lib = Path(nvidia.cuda_runtime.__path__[0]) / "lib"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib),
+                                                         env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+def image_input_data(path: Path, images: list[bytes]) -> Path:
+    """perf_analyzer --input-data JSON: BYTES elements carry a 4-byte little-endian length."""
+    entries = [{"IMAGE": {"b64": base64.b64encode(struct.pack("<I", len(b)) + b).decode(),
+                          "shape": [1]}} for b in images]
+    path.write_text(json.dumps({"data": entries}))
+    return path
+
+
+def photos() -> list[bytes]:
+    from PIL import Image
+    from skimage import data
+
+    out = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        buf = io.BytesIO()
+        Image.fromarray(getattr(data, name)()).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def run(model: str, url: str, out_csv: Path, *, concurrency: list[int], batch: int = 1,
+        input_data: Path | None = None, shape: str | None = None, version: str = "",
+        interval_ms: int = 5000) -> list[dict[str, Any]]:
+    """perf_analyzer at each concurrency level (one run per level: the levels need not be
+    evenly spaced); the rows of its CSVs with numbers as floats. Raw CSVs are kept."""
+    rows: list[dict[str, Any]] = []
+    for c in concurrency:
+        path = out_csv.with_name(f"{out_csv.stem}-c{c}.csv")
+        try:
+            rows += _run_one(model, url, path, c, batch, input_data, shape, version, interval_ms)
+        except UnstableError:  # a shared 2-core machine is noisy: measure longer, once
+            rows += _run_one(model, url, path, c, batch, input_data, shape, version,
+                             interval_ms * 2)
+    return rows
+
+
+class UnstableError(RuntimeError):
+    pass
+
+
+def _run_one(model: str, url: str, out_csv: Path, concurrency: int, batch: int,
+             input_data: Path | None, shape: str | None, version: str,
+             interval_ms: int) -> list[dict[str, Any]]:
+    cmd = [str(PERF), "-m", model, "-i", "grpc", "-u", url, "-b", str(batch),
+           "--concurrency-range", f"{concurrency}:{concurrency}",
+           "--measurement-interval", str(interval_ms),
+           "--stability-percentage", "50", "--max-trials", "10", "-f", str(out_csv)]
+    if version:
+        cmd += ["-x", version]
+    if input_data is not None:
+        cmd += ["--input-data", str(input_data)]
+    if shape:
+        cmd += ["--shape", shape]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900,
+                          check=False)
+    if proc.returncode != 0 and "stable measurement" in proc.stdout + proc.stderr:
+        raise UnstableError(f"{model} at concurrency {concurrency} did not stabilise")
+    if proc.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({proc.returncode}): {proc.stdout[-1500:]}"
+                           f"{proc.stderr[-1500:]}")
+    rows: list[dict[str, Any]] = []
+    with out_csv.open() as f:
+        for row in csv.DictReader(f):
+            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+    for r in rows:
+        r["batch"] = batch
+        r["images_per_s"] = r["Inferences/Second"]
+    return rows
+

@@ -1,0 +1,197 @@
+"""The benchmark report: markdown + the JSON beside it + PNG plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+TARGETS = [
+    ("Triton image_encoder >= 0.85 x in-process ONNX Runtime (best batch)", 0.85),
+    ("image_embedding (decode + preprocess + encode) >= 0.7 x image_encoder", 0.7),
+    ("gateway SimilarItems p50 <= 1.3 x direct Milvus p50", 1.3),
+    ("ingest >= 0.8 x image_embedding", 0.8),
+    ("ANN recall@10 >= 0.95 at 1M on the Milvus server", 0.95),
+]
+
+
+def _best(rows: list[dict[str, Any]] | None) -> float:
+    return max((r["images_per_s"] for r in rows or []), default=float("nan"))
+
+
+def ratios(data: dict[str, Any]) -> list[tuple[str, float, float, bool | None, str]]:
+    """(target, measured, bound, met, how) for every target the data allows."""
+    enc = _best(data.get("perf_image_encoder"))
+    pipe = _best(data.get("perf_image_embedding"))
+    ceiling = _best(data.get("ceiling_onnxruntime"))
+    gw = next((r for r in data.get("gateway", {}).get("SimilarItems", [])
+               if r["level"] == 1), None)
+    direct = data.get("direct_milvus_similar_items")
+    ingest = data.get("ingest", {}).get("images_per_s", float("nan"))
+    scale = [r for r in data.get("scale", []) if r["backend"] == "server"]
+    at_1m = next((r for r in scale if r["vectors"] >= 1_000_000), None)
+    rows: list[tuple[str, float, float, bool | None, str]] = []
+    rows.append((TARGETS[0][0], enc / ceiling, 0.85, enc / ceiling >= 0.85,
+                 f"{enc:.1f} / {ceiling:.1f} images/s"))
+    rows.append((TARGETS[1][0], pipe / enc, 0.7, pipe / enc >= 0.7,
+                 f"{pipe:.1f} / {enc:.1f} images/s"))
+    if gw and direct:
+        r = gw["p50_ms"] / direct["p50_ms"]
+        rows.append((TARGETS[2][0], r, 1.3, r <= 1.3,
+                     f"{gw['p50_ms']:.2f} / {direct['p50_ms']:.2f} ms"))
+    rows.append((TARGETS[3][0], ingest / pipe, 0.8, ingest / pipe >= 0.8,
+                 f"{ingest:.1f} / {pipe:.1f} images/s"))
+    if at_1m:
+        rec = at_1m["recall@10"]
+        rows.append((TARGETS[4][0], rec, 0.95, rec >= 0.95,
+                     f"HNSW {at_1m['index_params']}, {at_1m['search_params']}"))
+    else:
+        largest = max(scale, key=lambda r: r["vectors"], default=None)
+        how = (f"not run at 1M; at {largest['vectors']:,}: {largest['recall@10']:.3f}"
+               if largest else "not run")
+        rows.append((TARGETS[4][0], float("nan"), 0.95, None, how))
+    return rows
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    if isinstance(x, float):
+        return "-" if math.isnan(x) else f"{x:,.{nd}f}"
+    return str(x)
+
+
+def write(data: dict[str, Any], out: Path) -> Path:
+    lines = ["# visrec benchmark report", ""]
+    m = data.get("machine", {})
+    lines += [f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
+              f"GPU: {m.get('gpu')}. Triton {m.get('triton')}, ONNX Runtime "
+              f"{m.get('onnxruntime')}, Milvus {m.get('milvus')}. {m.get('date')}.", "",
+              "All numbers come from one run on this machine (side by side); latencies are "
+              "medians of the run unless a percentile is named.", "", "## Targets", "",
+              "| target | measured | bound | met | from |", "| --- | --- | --- | --- | --- |"]
+    for name, value, bound, met, how in ratios(data):
+        mark = {True: "yes", False: "**no**", None: "not measured"}[met]
+        lines.append(f"| {name} | {_fmt(value, 2)} | {bound} | {mark} | {how} |")
+
+    if "perf_image_encoder" in data:
+        lines += ["", "## Triton (perf_analyzer over gRPC)", "",
+                  "| model | batch | concurrency | images/s | p50 ms | p99 ms | queue us | "
+                  "compute us |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for key in ("perf_image_encoder", "perf_image_embedding"):
+            for r in data.get(key, []):
+                lines.append(
+                    f"| {key.removeprefix('perf_')} | {int(r['batch'])} | "
+                    f"{int(r['Concurrency'])} | {_fmt(r['images_per_s'])} | "
+                    f"{_fmt(r['p50 latency'] / 1000)} | {_fmt(r['p99 latency'] / 1000)} | "
+                    f"{_fmt(r['Server Queue'], 0)} | {_fmt(r['Server Compute Infer'], 0)} |")
+        lines += ["", "In-process ONNX Runtime (the ceiling):", "",
+                  "| batch | images/s | batch p50 ms |", "| --- | --- | --- |"]
+        for r in data.get("ceiling_onnxruntime", []):
+            lines.append(f"| {r['batch']} | {_fmt(r['images_per_s'])} | "
+                         f"{_fmt(r['batch_ms_p50'])} |")
+    if "tuning" in data:
+        lines += ["", "## Tuning (before / after, same run)", "",
+                  "| model | variant | images/s | p50 ms |", "| --- | --- | --- | --- |"]
+        for r in data["tuning"]["variants"]:
+            lines.append(f"| {r['model']} | {r['variant']} | {_fmt(r['images_per_s'])} | "
+                         f"{_fmt(r['p50_ms'])} |")
+    if "gateway" in data:
+        lines += ["", "## Gateway (async gRPC load generator)", "",
+                  "| call | mode | level | req/s | p50 ms | p95 ms | p99 ms | errors |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, runs in data["gateway"].items():
+            for r in runs:
+                level = (f"{r['level']:.0f} rps offered" if r["mode"] == "open"
+                         else f"{r['level']:.0f} in flight")
+                lines.append(f"| {name} | {r['mode']} | {level} | {_fmt(r['throughput_rps'])} "
+                             f"| {_fmt(r['p50_ms'], 2)} | {_fmt(r['p95_ms'], 2)} | "
+                             f"{_fmt(r['p99_ms'], 2)} | {r['errors']} |")
+        d = data.get("direct_milvus_similar_items")
+        if d:
+            lines += ["", f"Direct Milvus (the same two calls SimilarItems makes, one client, "
+                      f"sequential): p50 {d['p50_ms']:.2f} ms, p95 {d['p95_ms']:.2f} ms, "
+                      f"{d['throughput_rps']:.0f} req/s."]
+        st = data.get("stages_ms")
+        if st:
+            lines += ["", "Mean time by stage inside the gateway (ms): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(st.items(), key=lambda kv: -kv[1]))]
+    if "ingest" in data:
+        i = data["ingest"]
+        lines += ["", f"## Ingest\n\n{i['images']} images in {i['seconds']:.1f} s: "
+                  f"{i['images_per_s']:.1f} images/s (decode, embed and insert pipelined)."]
+    if "scale" in data:
+        lines += ["", "## ANN at scale", "",
+                  "| backend | vectors | index | insert vec/s | flush+index s | search p50 ms "
+                  "| p95 ms | recall@10 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in data["scale"]:
+            lines.append(f"| {r['backend']} | {r['vectors']:,} | {r['index']} "
+                         f"{r['index_params']} / {r['search_params']} | "
+                         f"{_fmt(r['insert_vectors_per_s'], 0)} | "
+                         f"{_fmt(r['flush_and_index_s'])} | {_fmt(r['p50_ms'], 2)} | "
+                         f"{_fmt(r['p95_ms'], 2)} | {_fmt(r['recall@10'], 3)} |")
+    lines += ["", "Plots: `latency_vs_throughput.png`, `stages.png`, `scale.png`. Raw "
+              "perf_analyzer CSVs and `results.json` are beside this file."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    _plots(data, out)
+    return path
+
+
+def _plots(data: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for key, label in (("perf_image_encoder", "image_encoder"),
+                       ("perf_image_embedding", "image_embedding")):
+        rows = data.get(key, [])
+        for batch in sorted({int(r["batch"]) for r in rows}):
+            sel = sorted((r for r in rows if int(r["batch"]) == batch),
+                         key=lambda r: r["Concurrency"])
+            axes[0].plot([r["images_per_s"] for r in sel], [r["p50 latency"] / 1000 for r in sel],
+                         marker="o", label=f"{label} batch {batch}")
+    for r in data.get("ceiling_onnxruntime", []):
+        axes[0].axvline(r["images_per_s"], color="grey", alpha=0.15)
+    axes[0].set(xlabel="images/s", ylabel="p50 latency (ms)",
+                title="Triton: latency vs throughput (grey: in-process ORT per batch size)")
+    axes[0].legend(fontsize=7)
+    for name, runs in data.get("gateway", {}).items():
+        sel = sorted(runs, key=lambda r: r["throughput_rps"])
+        axes[1].plot([r["throughput_rps"] for r in sel], [r["p50_ms"] for r in sel],
+                     marker="o", label=name)
+    axes[1].set(xlabel="requests/s", ylabel="p50 latency (ms)", yscale="log",
+                title="Gateway: latency vs throughput")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_throughput.png", dpi=90)
+    plt.close(fig)
+
+    stages = data.get("stages_ms", {})
+    if stages:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        items = sorted(stages.items(), key=lambda kv: kv[1])
+        ax.barh([k for k, _ in items], [v for _, v in items])
+        ax.set(xlabel="mean ms per call", title="Time by stage inside the gateway")
+        fig.tight_layout()
+        fig.savefig(out / "stages.png", dpi=90)
+        plt.close(fig)
+
+    scale = data.get("scale", [])
+    if scale:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        for backend in sorted({r["backend"] for r in scale}):
+            sel = sorted((r for r in scale if r["backend"] == backend),
+                         key=lambda r: r["vectors"])
+            xs = [r["vectors"] for r in sel]
+            axes[0].plot(xs, [r["p50_ms"] for r in sel], marker="o", label=backend)
+            axes[1].plot(xs, [r["recall@10"] for r in sel], marker="o", label=backend)
+        axes[0].set(xscale="log", xlabel="vectors", ylabel="search p50 (ms)",
+                    title="Search latency as the collection grows")
+        axes[1].set(xscale="log", xlabel="vectors", ylabel="recall@10 vs exact",
+                    title="ANN recall", ylim=(0, 1.02))
+        for ax in axes:
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "scale.png", dpi=90)
+        plt.close(fig)

@@ -1,0 +1,88 @@
+"""The benchmark's own logic: the streamed exact search it scores recall against, the target
+table, and the load generator against a real gRPC server (in-memory adapters)."""
+
+import numpy as np
+import pytest_asyncio
+
+from bench import load, report, scale
+from gateway.config import GatewayConfig
+from gateway.server import build_gateway
+from tests.unit.fakes import FakeEmbedder, InMemoryStore
+from tests.unit.test_recommender_core import INDEX, _items
+
+
+def test_streamed_exact_topk_equals_brute_force_over_all_vectors():
+    base = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
+    n = scale.CHUNK * 2 + 123  # crosses chunk boundaries, last chunk partial
+    everything = np.concatenate([v for _, v in scale.chunks(base, n)])
+    assert everything.shape == (n, 16)
+    assert np.allclose(np.linalg.norm(everything, axis=1), 1.0, atol=1e-5)
+    queries = scale._chunk(base, 10**6, 0.35, 1)[:7]
+    got = scale.exact_topk(base, n, queries, 10)
+    want = np.argsort(-(queries @ everything.T), axis=1)[:, :10]
+    for g, w in zip(got, want, strict=True):
+        assert set(g.tolist()) == set(w.tolist())
+
+
+def test_chunks_are_deterministic_and_growing_a_collection_only_appends():
+    base = np.eye(8, dtype=np.float32)
+    small = np.concatenate([v for _, v in scale.chunks(base, 7000)])
+    large = np.concatenate([v for _, v in scale.chunks(base, 12000)])
+    assert np.array_equal(small, large[:7000])
+
+
+def _results(enc: float, pipe: float, ceiling: float, gw_p50: float, direct_p50: float,
+             ingest: float, recall_1m: float | None) -> dict:
+    scale_rows = [{"backend": "server", "vectors": 100_000, "recall@10": 0.99,
+                   "index_params": {}, "search_params": {}}]
+    if recall_1m is not None:
+        scale_rows.append({"backend": "server", "vectors": 1_000_000, "recall@10": recall_1m,
+                           "index_params": {"M": 16}, "search_params": {"ef": 64}})
+    return {
+        "perf_image_encoder": [{"images_per_s": enc / 2}, {"images_per_s": enc}],
+        "perf_image_embedding": [{"images_per_s": pipe}],
+        "ceiling_onnxruntime": [{"images_per_s": ceiling}, {"images_per_s": ceiling / 3}],
+        "gateway": {"SimilarItems": [{"level": 4, "p50_ms": 99.0},
+                                     {"level": 1, "p50_ms": gw_p50}]},
+        "direct_milvus_similar_items": {"p50_ms": direct_p50},
+        "ingest": {"images_per_s": ingest},
+        "scale": scale_rows,
+    }
+
+
+def test_targets_compare_best_throughputs_and_the_single_client_latency():
+    rows = report.ratios(_results(90, 70, 100, 13, 10, 60, 0.97))
+    measured = {name: (round(value, 3), met) for name, value, _, met, _ in rows}
+    assert list(measured.values()) == [(0.9, True), (0.778, True), (1.3, True), (0.857, True),
+                                       (0.97, True)]
+    rows = report.ratios(_results(80, 50, 100, 14, 10, 30, None))
+    assert [met for *_, met, _ in rows] == [False, False, False, False, None]
+    assert "at 100,000: 0.990" in rows[-1][4]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway_address():
+    gw = build_gateway(GatewayConfig(index_refresh_s=0.2), embedder=FakeEmbedder(),
+                       store=InMemoryStore(_items(), INDEX), address="127.0.0.1:0",
+                       metrics_port=0)
+    await gw.start()
+    yield f"127.0.0.1:{gw.port}"
+    await gw.stop()
+
+
+async def test_closed_loop_counts_answers_and_names_errors(gateway_address):
+    ok = await load.closed_loop(gateway_address, load.similar_items(["i0", "i1"], k=3),
+                                concurrency=2, seconds=0.5, warmup_s=0.1)
+    assert ok["requests"] > 0 and ok["errors"] == 0
+    assert 0 < ok["p50_ms"] <= ok["p99_ms"]
+    bad = await load.closed_loop(gateway_address, load.similar_items(["no-such-item"]),
+                                 concurrency=1, seconds=0.3, warmup_s=0.0)
+    assert bad["requests"] == 0 and bad["errors"] > 0
+    assert bad["error_samples"][0].startswith("NOT_FOUND")
+
+
+async def test_open_loop_sends_the_offered_rate_and_measures_from_schedule(gateway_address):
+    r = await load.open_loop(gateway_address, load.similar_items(["i0"], k=2), rate=40,
+                             seconds=0.5)
+    assert r["requests"] + r["errors"] == 20 and r["offered_rps"] == 40
+    assert r["errors"] == 0
