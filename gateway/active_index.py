@@ -7,7 +7,7 @@ import logging
 import time
 
 from gateway.domain import IndexInfo
-from gateway.errors import FailedPrecondition, VisrecError
+from gateway.errors import BackendTimeout, BackendUnavailable, FailedPrecondition, VisrecError
 from gateway.ports import VectorStore
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ class ActiveIndex:
         self._refresh_s = refresh_s
         self._current: IndexInfo | None = None
         self._read_at = 0.0
+        self._failed_at = -1.0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -34,8 +35,19 @@ class ActiveIndex:
     async def current(self) -> IndexInfo:
         """The active index; reads the pointer when the cached value is missing or stale."""
         info = self._current
-        if info is None or time.monotonic() - self._read_at > self._refresh_s * 5:
-            info = await self.refresh()
+        stale = time.monotonic() - self._read_at > self._refresh_s * 5
+        # With a pointer in hand and the background loop running, no request waits on a read:
+        # if the loop's reads fail, Milvus is away and the pointer cannot have moved without
+        # it; the loop notices Milvus's return. Inline reads only without the loop (tests, a
+        # loop that died) and for the very first pointer.
+        looping = self._task is not None and not self._task.done()
+        if info is None or (stale and not looping and self._failed_at <= self._read_at):
+            try:
+                info = await self.refresh()
+            except (BackendUnavailable, BackendTimeout):
+                self._failed_at = time.monotonic()
+                if info is None:
+                    raise
         if info is None:
             raise FailedPrecondition(
                 "no catalog has been indexed yet: run visrec-ingest (see README)"
@@ -53,6 +65,7 @@ class ActiveIndex:
             try:
                 await self.refresh()
             except VisrecError as e:  # keep serving the last known index while Milvus is away
+                self._failed_at = time.monotonic()
                 log.warning("could not refresh the active index: %s", e)
 
     async def stop(self) -> None:

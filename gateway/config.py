@@ -35,6 +35,17 @@ class GatewayConfig:
     max_image_pixels: int = 40_000_000
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # Security (see README "Security"): TLS from PEM files (a client CA makes it mutual TLS),
+    # bearer tokens (comma-separated and/or a file, one per line), a per-client rate limit
+    # (0: off) and a server-side cap on each request's time (0: the client's deadline only).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    auth_tokens: str = ""
+    auth_token_file: str = ""
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: float = 0.0
+    request_timeout_s: float = 30.0
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     # A/B experiment (see README): name, arms "name=policy:weight, ...", hashing salt, and
@@ -60,6 +71,15 @@ class GatewayConfig:
                 raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"{env_name('metrics_port')} must be a port number (0 disables)")
+        for name in ("rate_limit_rps", "rate_limit_burst", "request_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(f"TLS needs both {env_name('tls_cert_file')} and "
+                              f"{env_name('tls_key_file')}")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(f"{env_name('tls_client_ca_file')} (mutual TLS) needs "
+                              f"{env_name('tls_cert_file')} and {env_name('tls_key_file')}")
         if self.shutdown_grace_s < 0:
             raise ConfigError(f"{env_name('shutdown_grace_s')} must be >= 0")
         if self.max_image_bytes > self.max_message_bytes:

@@ -93,6 +93,9 @@ class Limits:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_id_length: int = 256
+    # The whole vector-store part of one read (several Milvus calls) within this many seconds,
+    # else the degraded answer: a slow Milvus must not hold a caller past its deadline.
+    store_budget_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,12 +167,20 @@ class RecommenderCore:
         check_id("item_id", item_id, self._limits.max_id_length)
         index = await self._index.current()
         conds = filters.validate(conditions, index)
-        with self._stage("lookup"):
-            vectors = await self._store.get_vectors(index, [item_id])
-        if item_id not in vectors:
-            raise NotFound(f"item {item_id!r} is not in the catalog")
-        with self._stage("ann"):
-            hits = await self._store.search(index, vectors[item_id], k + 1, conds)
+        try:
+            async with self._budget():
+                with self._stage("lookup"):
+                    vectors = await self._store.get_vectors(index, [item_id])
+                if item_id not in vectors:
+                    raise NotFound(f"item {item_id!r} is not in the catalog")
+                with self._stage("ann"):
+                    hits = await self._store.search(index, vectors[item_id], k + 1, conds)
+        except (BackendUnavailable, BackendTimeout) as e:
+            log.warning("vector store unavailable, serving the fallback list: %s", e)
+            return Recommendations(
+                items=self._fallback_from_cache(index, k, conds, frozenset({item_id})),
+                model_version=index.model_version, policy="popularity",
+                degraded="vector_store_unavailable")
         items = [h for h in hits if h.item.id != item_id][:k]
         return Recommendations(items=items, model_version=index.model_version, policy="similarity")
 
@@ -190,8 +201,15 @@ class RecommenderCore:
                 f"the image model returned shape {embedding.shape}, the index "
                 f"{index.collection} holds {index.dim}-d vectors"
             )
-        with self._stage("ann"):
-            items = await self._store.search(index, embedding[0], k, conds)
+        try:
+            async with self._budget():
+                with self._stage("ann"):
+                    items = await self._store.search(index, embedding[0], k, conds)
+        except (BackendUnavailable, BackendTimeout) as e:
+            log.warning("vector store unavailable, serving the fallback list: %s", e)
+            return Recommendations(items=self._fallback_from_cache(index, k, conds, frozenset()),
+                                   model_version=index.model_version, policy="popularity",
+                                   degraded="vector_store_unavailable")
         return Recommendations(items=items, model_version=index.model_version, policy="similarity")
 
     # ------------------------------------------------------------------ personalisation
@@ -229,12 +247,19 @@ class RecommenderCore:
                                    policy=arm.policy.name, degraded=degraded)
 
         try:
-            with self._stage("profile"):
-                profile = await self._store.get_profile(index, user_id)
+            async with self._budget():
+                return await self._personalised(index, user_id, k, conds, exclude_seen, arm,
+                                                answer)
         except (BackendUnavailable, BackendTimeout) as e:
-            log.warning("profile store unavailable, serving the fallback list: %s", e)
+            log.warning("vector store unavailable, serving the fallback list: %s", e)
             return answer(self._fallback_from_cache(index, k, conds, frozenset()),
                           "vector_store_unavailable")
+
+    async def _personalised(self, index: IndexInfo, user_id: str, k: int,
+                            conds: Sequence[Condition], exclude_seen: bool, arm: Arm,
+                            answer: Callable[..., Recommendations]) -> Recommendations:
+        with self._stage("profile"):
+            profile = await self._store.get_profile(index, user_id, for_update=False)
         seen = profile.seen if profile is not None else frozenset()
         exclude = seen if exclude_seen else frozenset()
         if profile is None or profile.vector is None:
@@ -274,6 +299,16 @@ class RecommenderCore:
         taken = exclude | {it.item.id for it in items}
         fill = await self._fallback(index, k - len(items), conds, taken)
         return answer(items + fill, "few_candidates")
+
+    @asynccontextmanager
+    async def _budget(self) -> AsyncIterator[None]:
+        """BackendTimeout once the vector-store part of a call has used its budget."""
+        try:
+            async with asyncio.timeout(self._limits.store_budget_s):
+                yield
+        except TimeoutError as e:
+            raise BackendTimeout(f"the vector store did not answer within "
+                                 f"{self._limits.store_budget_s:.1f}s") from e
 
     def _fallback_from_cache(self, index: IndexInfo, k: int, conds: Sequence[Condition],
                              exclude: frozenset[str]) -> list[ScoredItem]:

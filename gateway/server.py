@@ -26,6 +26,13 @@ from gateway.milvus_store import MilvusVectorStore
 from gateway.popular import PopularItems
 from gateway.ports import Embedder, VectorStore
 from gateway.recommender import Limits, Personalisation, RecommenderCore
+from gateway.security import (
+    Admission,
+    AdmissionInterceptor,
+    SecurityConfigError,
+    load_tokens,
+    server_credentials,
+)
 from gateway.servicer import RecommenderServicer
 from gateway.triton_embedder import TritonEmbedder
 
@@ -146,6 +153,7 @@ def build_gateway(
     core = RecommenderCore(
         embedder, store, index,
         Limits(max_k=config.max_k, max_image_bytes=config.max_image_bytes,
+               store_budget_s=config.milvus_timeout_s,
                max_image_pixels=config.max_image_pixels),
         observer=metrics,
         personalisation=Personalisation(
@@ -160,7 +168,19 @@ def build_gateway(
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
     ]
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)], options=options)
+    try:
+        admission = Admission(load_tokens(config.auth_tokens, config.auth_token_file),
+                              config.rate_limit_rps, config.rate_limit_burst,
+                              config.request_timeout_s)
+        credentials = (server_credentials(config.tls_cert_file, config.tls_key_file,
+                                          config.tls_client_ca_file)
+                       if config.tls_cert_file else None)
+    except SecurityConfigError as e:
+        raise ConfigError(str(e)) from None
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    if admission.active:  # after metrics: refusals are counted with their codes
+        interceptors.append(AdmissionInterceptor(admission))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -169,7 +189,9 @@ def build_gateway(
          reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address or config.grpc_address)
+    bind = address or config.grpc_address
+    port = (server.add_secure_port(bind, credentials) if credentials is not None
+            else server.add_insecure_port(bind))
     if port == 0:
         raise ConfigError(f"cannot bind the gRPC server to {address or config.grpc_address}")
     if metrics_port is None and config.metrics_port:

@@ -10,7 +10,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -155,3 +155,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.Recommendations:
         return await self._answer(context, lambda: self._core.search_by_image(
             request.image, request.k, conditions_from_pb(request.filter)))
+
+    # Declared in the API for online catalog changes, not served yet: the generated base class
+    # raises NotImplementedError, which reaches the caller as UNKNOWN (found by fuzzing).
+    async def UpsertItems(self, request_iterator: Any,
+                          context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNSERVED_CATALOG_CHANGES)
+        raise AssertionError("unreachable")
+
+    async def DeleteItems(self, request: pb.DeleteItemsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.DeleteItemsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNSERVED_CATALOG_CHANGES)
+        raise AssertionError("unreachable")
+
+
+UNSERVED_CATALOG_CHANGES = ("online catalog changes are not served yet: change the catalog file "
+                            "and run visrec-ingest")

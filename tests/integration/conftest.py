@@ -6,13 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -27,11 +21,12 @@ from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from gateway.catalog import build_catalog
 from gateway.config import GatewayConfig
 from gateway.ingest import IngestReport, ingest
+from gateway.milvus_local import MilvusServer
 from gateway.milvus_store import MilvusVectorStore
 from gateway.server import Gateway, build_gateway
 from gateway.triton_embedder import TritonEmbedder
 from gateway.triton_local import TritonServer
-from tests.support import ROOT, free_port
+from tests.support import free_port
 
 
 @pytest.fixture(scope="session")
@@ -142,48 +137,13 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.RecommenderStub:
 
 
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Milvus 2.3.5 standalone server (pip package `milvus`); yields its URI."""
-    binary = shutil.which("milvus-server", path=str(Path(ROOT, ".venv", "bin")))
-    assert binary, "milvus-server not installed: run scripts/setup"
-    # Its etcd, metrics (9091) and internal ports are fixed: a leftover server would answer
-    # in its place, so refuse to start beside one.
-    assert not _listening(9091), "port 9091 is taken (a Milvus server already running?)"
-    data = tmp_path_factory.mktemp("milvus-server")
-    port = free_port()
-    log = (data / "milvus.log").open("wb")
-    proc = subprocess.Popen([binary, "--data", str(data), "--proxy-port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    try:
-        while not (_healthy("http://127.0.0.1:9091/healthz") and _listening(port)):
-            assert proc.poll() is None, f"milvus-server exited; see {data / 'milvus.log'}"
-            assert time.monotonic() < deadline, "milvus-server not healthy after 120s"
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        # SIGINT is the wrapper's own stop path (it stops `milvus run standalone`, its child);
-        # whatever of the process group is left after that is killed.
-        proc.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while _listening(9091) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        log.close()
+def milvus_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """A real Milvus 2.3.5 standalone server (pip package `milvus`); the fault tests restart it
+    (same data directory and port)."""
+    with MilvusServer(tmp_path_factory.mktemp("milvus-server"), port=free_port()) as server:
+        yield server
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+@pytest.fixture(scope="session")
+def milvus_server(milvus_server_process: MilvusServer) -> str:
+    return milvus_server_process.uri

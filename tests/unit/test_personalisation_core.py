@@ -108,6 +108,31 @@ async def test_vector_store_down_serves_the_cached_popular_list():
     assert r.degraded == "vector_store_unavailable" and len(r.items) == 3
 
 
+async def test_vector_store_down_mid_request_and_for_similar_items_degrades_too():
+    core, store = make()
+    await core.record_interaction("u1", "fruit-1", "click", "r")
+    await core.recommend("warm-up", 3)  # fills the fallback cache
+    calls = 0
+    search_many = store.search_many
+
+    async def fails_at_search(*args, **kwargs):  # the profile read works, the ANN does not
+        nonlocal calls
+        calls += 1
+        store.down = True
+        return await search_many(*args, **kwargs)
+
+    store.search_many = fails_at_search
+    r = await core.recommend("u1", 3)
+    assert calls == 1 and r.degraded == "vector_store_unavailable" and len(r.items) == 3
+    s = await core.similar_items("fruit-1", 3, [Equals("category", "Food")])
+    assert s.degraded == "vector_store_unavailable" and s.policy == "popularity"
+    assert "fruit-1" not in [i.item.id for i in s.items]
+    assert s.items and all(i.item.category == "Food" for i in s.items)
+    # the active index stays the last one read while Milvus is away
+    core._index._read_at = 0.0
+    assert (await core._index.current()).model_version == "1"
+
+
 async def test_arm_is_sticky_and_reported_on_both_rpcs():
     core, _ = make("a=similarity:50, b=mmr(0.5):50")
     arms = {(await core.recommend(f"user-{i}", 3)).arm for i in range(40)}

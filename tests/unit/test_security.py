@@ -1,0 +1,215 @@
+"""TLS, bearer tokens, the per-client rate limit and the request deadline, over real gRPC
+channels to a real grpc.aio server (in-memory adapters: the backends are not the point)."""
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway._pb.visrec.v1 import recommender_pb2 as pb
+from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from gateway.config import ConfigError, GatewayConfig
+from gateway.security import SecurityConfigError, TokenBuckets, load_tokens
+from gateway.server import build_gateway
+from tests.support import photo
+from tests.unit.fakes import FakeEmbedder, InMemoryStore
+from tests.unit.test_recommender_core import INDEX, _items
+
+TOKEN = "s3cret-token-0123456789"
+OTHER = "another-token-abcdefghij"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a server certificate for localhost signed by it, and a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+             "ca.pem", "-days", "2", "-subj", "/CN=visrec test CA", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                 f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext",
+                 cwd=d)
+    return d
+
+
+async def _start(config: GatewayConfig):
+    gw = build_gateway(config, embedder=FakeEmbedder(), store=InMemoryStore(_items(), INDEX),
+                       address="127.0.0.1:0", metrics_port=0)
+    await gw.start()
+    return gw
+
+
+@pytest_asyncio.fixture(scope="module")
+async def guarded():
+    gw = await _start(GatewayConfig(auth_tokens=f"{TOKEN},{OTHER}", rate_limit_rps=5,
+                                    rate_limit_burst=5))
+    yield f"127.0.0.1:{gw.port}"
+    await gw.stop()
+
+
+def _similar(stub, token: str | None = TOKEN, **kw):
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    return stub.SimilarItems(pb.SimilarItemsRequest(item_id="i0", k=2), metadata=metadata,
+                             timeout=5, **kw)
+
+
+async def test_calls_need_a_valid_bearer_token_but_health_does_not(guarded):
+    async with grpc.aio.insecure_channel(guarded) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        assert len((await _similar(stub, OTHER)).items) == 2  # either token of a rotation
+        for token, message in ((None, "missing bearer token"),
+                               ("wrong-token-0123456789", "not valid"),
+                               (TOKEN[:-1], "not valid")):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await _similar(stub, token)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert message in e.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.SimilarItems(pb.SimilarItemsRequest(item_id="i0", k=2),
+                                    metadata=(("authorization", f"Basic {TOKEN}"),))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_rate_limit_is_per_client_and_says_when_to_retry(guarded):
+    async with grpc.aio.insecure_channel(guarded) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        await asyncio.sleep(1.2)  # buckets refilled after the other tests
+        results = await asyncio.gather(*(_similar(stub) for _ in range(12)),
+                                       return_exceptions=True)
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert 5 <= 12 - len(refused) <= 7  # the burst (plus what refilled meanwhile)
+        assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+        assert "rate limit of 5 requests/s exceeded" in refused[0].details()
+        retry = dict(refused[0].trailing_metadata())["retry-after-ms"]
+        assert 0 < int(retry) <= 1000
+        # another client (its own token) is not limited by the first one's burst
+        assert len((await _similar(stub, OTHER)).items) == 2
+        await asyncio.sleep(int(retry) / 1000 + 0.05)
+        assert len((await _similar(stub)).items) == 2
+
+
+def test_token_bucket_refills_at_the_rate_and_forgets_old_clients():
+    now = [0.0]
+    b = TokenBuckets(rate=2, burst=2, max_clients=2, clock=lambda: now[0])
+    assert [b.take("a"), b.take("a")] == [0, 0]
+    assert b.take("a") == pytest.approx(0.5)
+    now[0] = 0.5
+    assert b.take("a") == 0  # one token back after 1/rate
+    b.take("b"), b.take("c")  # "a" is the least recently seen: forgotten, full again
+    assert b.take("a") == 0 and b.take("a") == 0
+
+
+async def test_tls_serves_trusting_clients_and_refuses_plaintext(pki):
+    gw = await _start(GatewayConfig(tls_cert_file=str(pki / "server.pem"),
+                                    tls_key_file=str(pki / "server.key")))
+    address = f"localhost:{gw.port}"
+    try:
+        creds = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes())
+        async with grpc.aio.secure_channel(address, creds) as channel:
+            reply = await pb_grpc.RecommenderStub(channel).SimilarItems(
+                pb.SimilarItemsRequest(item_id="i0", k=1), timeout=5)
+            assert len(reply.items) == 1
+        async with grpc.aio.insecure_channel(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await pb_grpc.RecommenderStub(channel).SimilarItems(
+                    pb.SimilarItemsRequest(item_id="i0", k=1), timeout=3)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.healthcheck", "--address", address,
+            "--service", "liveness", "--tls-ca", str(pki / "ca.pem"),
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0 and out.decode().strip() == "SERVING"
+    finally:
+        await gw.stop()
+
+
+async def test_mutual_tls_refuses_clients_without_a_certificate(pki):
+    gw = await _start(GatewayConfig(tls_cert_file=str(pki / "server.pem"),
+                                    tls_key_file=str(pki / "server.key"),
+                                    tls_client_ca_file=str(pki / "ca.pem")))
+    address = f"localhost:{gw.port}"
+    ca = (pki / "ca.pem").read_bytes()
+    request = pb.SimilarItemsRequest(item_id="i0", k=1)
+    try:
+        with_cert = grpc.ssl_channel_credentials(ca, (pki / "client.key").read_bytes(),
+                                                 (pki / "client.pem").read_bytes())
+        async with grpc.aio.secure_channel(address, with_cert) as channel:
+            assert len((await pb_grpc.RecommenderStub(channel).SimilarItems(
+                request, timeout=5)).items) == 1
+        async with grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca)) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await pb_grpc.RecommenderStub(ch).SimilarItems(request, timeout=3)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await gw.stop()
+
+
+async def test_slow_calls_end_with_deadline_exceeded_at_the_server_cap():
+    class SlowEmbedder(FakeEmbedder):
+        async def embed(self, images, *, model_version):
+            await asyncio.sleep(5)
+            return await super().embed(images, model_version=model_version)
+
+    gw = build_gateway(GatewayConfig(request_timeout_s=0.3), embedder=SlowEmbedder(),
+                       store=InMemoryStore(_items(), INDEX), address="127.0.0.1:0",
+                       metrics_port=0)
+    await gw.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            t = asyncio.get_running_loop().time()
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.SearchByImage(pb.SearchByImageRequest(image=photo(), k=1),
+                                         timeout=10)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "within 0.30s" in e.value.details()
+            assert asyncio.get_running_loop().time() - t < 2
+            # fast calls are untouched by the cap
+            assert len((await stub.SimilarItems(pb.SimilarItemsRequest(item_id="i0", k=1),
+                                                timeout=5)).items) == 1
+    finally:
+        await gw.stop()
+
+
+def test_bad_security_settings_are_configuration_errors(tmp_path):
+    with pytest.raises(ConfigError, match="needs both"):
+        GatewayConfig(tls_cert_file="cert.pem")
+    with pytest.raises(ConfigError, match="mutual TLS"):
+        GatewayConfig(tls_client_ca_file="ca.pem")
+    with pytest.raises(ConfigError, match="VISREC_RATE_LIMIT_RPS must be >= 0"):
+        GatewayConfig(rate_limit_rps=-1)
+    with pytest.raises(SecurityConfigError, match="at least 16"):
+        load_tokens("short", "")
+    (tmp_path / "tokens").write_text("# rotated monthly\n\n")
+    with pytest.raises(SecurityConfigError, match="holds no token"):
+        load_tokens("", str(tmp_path / "tokens"))
+    (tmp_path / "tokens").write_text(f"# rotated monthly\n{TOKEN}\n")
+    assert load_tokens(OTHER, str(tmp_path / "tokens")) == (OTHER.encode(), TOKEN.encode())
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="is not PEM"):
+        build_gateway(GatewayConfig(tls_cert_file=str(tmp_path / "cert.pem"),
+                                    tls_key_file=str(tmp_path / "cert.pem")),
+                      embedder=FakeEmbedder(), store=InMemoryStore(_items(), INDEX),
+                      address="127.0.0.1:0")
+    (tmp_path / "real.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match="cannot read the TLS private key"):
+        build_gateway(GatewayConfig(tls_cert_file=str(tmp_path / "real.pem"),
+                                    tls_key_file=str(tmp_path / "missing.key")),
+                      embedder=FakeEmbedder(), store=InMemoryStore(_items(), INDEX),
+                      address="127.0.0.1:0")
