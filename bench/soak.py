@@ -28,10 +28,7 @@ from bench.stats import percentiles
 from gateway._pb.visrec.v1 import recommender_pb2 as pb
 from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from gateway.catalog import build_catalog
-from gateway.ingest import ingest
 from gateway.milvus_local import free_port
-from gateway.milvus_store import MilvusVectorStore
-from gateway.triton_embedder import TritonEmbedder
 from gateway.triton_local import DEFAULT_REPOSITORY, TritonServer
 
 
@@ -127,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     db = args.out / f"soak-{uuid.uuid4().hex[:6]}.db"
     gateway = None
     try:
-        store = MilvusVectorStore(str(db), timeout_s=60)
-        asyncio.run(ingest(catalog, store, TritonEmbedder(triton.grpc_url, timeout_s=300),
-                           progress=False))
-        store.close_sync()
+        # In a child process: Milvus Lite holds its file until the process that opened it
+        # exits, and the gateway must open it next.
+        subprocess.run([str(Path(sys.executable).parent / "visrec-ingest"), "--catalog",
+                        str(catalog), "--milvus-uri", str(db), "--triton-url", triton.grpc_url],
+                       check=True)
         address = f"127.0.0.1:{free_port()}"
         env = {**os.environ, "VISREC_GRPC_ADDRESS": address, "VISREC_METRICS_PORT": "0",
                "VISREC_MILVUS_URI": str(db), "VISREC_TRITON_URL": triton.grpc_url,
