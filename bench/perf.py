@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import json
 import os
 import struct
@@ -12,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from gateway.demo import photo
 
 PERF = Path(sys.executable).parent / "perf_analyzer"
 
@@ -35,15 +36,9 @@ def image_input_data(path: Path, images: list[bytes]) -> Path:
 
 
 def photos() -> list[bytes]:
-    from PIL import Image
-    from skimage import data
-
-    out = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket"):
-        buf = io.BytesIO()
-        Image.fromarray(getattr(data, name)()).save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+    """Real photos as JPEG: the encoded inputs of the image benchmarks."""
+    return [photo(name, "JPEG", quality=90)
+            for name in ("chelsea", "coffee", "astronaut", "rocket")]
 
 
 def run(model: str, url: str, out_csv: Path, *, concurrency: list[int], batch: int = 1,

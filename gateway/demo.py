@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -72,12 +73,13 @@ def show(title: str, reply: pb.Recommendations, seconds: float) -> None:
         print(f"   {rank:2d}. {hit.score:.3f}  {it.name[:34]:34s} {it.subcategory:22s} {vendor}")
 
 
-def photo(name: str, fmt: str) -> bytes:
+def photo(name: str, fmt: str, **save: Any) -> bytes:
+    """A scikit-image sample photo encoded as ``fmt`` (Pillow save options in ``save``)."""
     from PIL import Image
     from skimage import data
 
     buf = io.BytesIO()
-    Image.fromarray(getattr(data, name)()).save(buf, format=fmt)
+    Image.fromarray(getattr(data, name)()).save(buf, format=fmt, **save)
     return buf.getvalue()
 
 

@@ -2,13 +2,9 @@
 table, and the load generator against a real gRPC server (in-memory adapters)."""
 
 import numpy as np
-import pytest_asyncio
+import pytest
 
 from bench import load, report, scale
-from gateway.config import GatewayConfig
-from gateway.server import build_gateway
-from tests.unit.fakes import FakeEmbedder, InMemoryStore
-from tests.unit.test_recommender_core import INDEX, _items
 
 
 def test_streamed_exact_topk_equals_brute_force_over_all_vectors():
@@ -60,14 +56,9 @@ def test_targets_compare_best_throughputs_and_the_single_client_latency():
     assert "at 100,000: 0.990" in rows[-1][4]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway_address():
-    gw = build_gateway(GatewayConfig(index_refresh_s=0.2), embedder=FakeEmbedder(),
-                       store=InMemoryStore(_items(), INDEX), address="127.0.0.1:0",
-                       metrics_port=0)
-    await gw.start()
-    yield f"127.0.0.1:{gw.port}"
-    await gw.stop()
+@pytest.fixture
+def gateway_address(served) -> str:
+    return f"127.0.0.1:{served[0].port}"
 
 
 async def test_closed_loop_counts_answers_and_names_errors(gateway_address):

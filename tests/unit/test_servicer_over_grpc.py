@@ -6,28 +6,11 @@ import urllib.request
 
 import grpc
 import pytest
-import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway._pb.visrec.v1 import recommender_pb2 as pb
 from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.config import GatewayConfig
-from gateway.server import build_gateway
 from tests.support import bomb_png, photo
-from tests.unit.fakes import FakeEmbedder, InMemoryStore
-from tests.unit.test_recommender_core import INDEX, _items
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def served():
-    gw = build_gateway(GatewayConfig(index_refresh_s=0.2), embedder=FakeEmbedder(),
-                       store=InMemoryStore(_items(), INDEX), address="127.0.0.1:0",
-                       metrics_port=0)
-    await gw.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}")
-    yield gw, channel
-    await channel.close()
-    await gw.stop()
 
 
 def scrape(url: str) -> str:

@@ -1,0 +1,22 @@
+"""Shared by the unit tests that talk gRPC: a real in-process server with in-memory adapters."""
+
+import grpc
+import pytest_asyncio
+
+from gateway.config import GatewayConfig
+from gateway.server import build_gateway
+from tests.unit.fakes import FakeEmbedder, InMemoryStore
+from tests.unit.test_recommender_core import INDEX, _items
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def served():
+    """(gateway, channel to it), one per test module."""
+    gw = build_gateway(GatewayConfig(index_refresh_s=0.2), embedder=FakeEmbedder(),
+                       store=InMemoryStore(_items(), INDEX), address="127.0.0.1:0",
+                       metrics_port=0)
+    await gw.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}")
+    yield gw, channel
+    await channel.close()
+    await gw.stop()
