@@ -48,6 +48,7 @@ class InMemoryStore:
             raise BackendUnavailable("fake Milvus is down")
 
     async def active_index(self) -> IndexInfo | None:
+        self._check()
         return self.index
 
     async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
