@@ -428,14 +428,7 @@ class MilvusVectorStore:
             if not c.has_collection(EVENTS_COLLECTION, timeout=self._timeout):
                 return []
             self._ensure(c, EVENTS_COLLECTION, self._build_keyed(EVENTS_COLLECTION))
-            out: list[Interaction] = []
-            it = c.query_iterator(EVENTS_COLLECTION, batch_size=4096, filter="",
-                                  output_fields=["data"], timeout=self._timeout)
-            try:
-                while batch := it.next():
-                    out.extend(Interaction(**r["data"]) for r in batch)
-            finally:
-                it.close()
+            out = [Interaction(**r["data"]) for r in self._scan(c, EVENTS_COLLECTION, ["data"])]
             return sorted(out, key=lambda e: (e.at, e.event_id))
 
         return self._sync(call)
@@ -527,22 +520,37 @@ class MilvusVectorStore:
     def upsert_items(self, collection: str, rows: list[dict[str, Any]]) -> None:
         self._sync(lambda c: c.upsert(collection, rows, timeout=self._timeout))
 
+    def _scan(self, c: Any, collection: str, fields: list[str],
+              batch_size: int = 4096) -> Iterator[dict[str, Any]]:
+        """Every row of a loaded collection, in batches of the query iterator."""
+        it = c.query_iterator(collection, batch_size=batch_size, filter="", output_fields=fields,
+                              timeout=self._timeout)
+        try:
+            while batch := it.next():
+                yield from batch
+        finally:
+            it.close()
+
     def existing_fingerprints(self, collection: str, key: str) -> dict[str, str]:
         """id -> attributes[key] of every item in the collection ('' where absent)."""
         def call(c: Any) -> dict[str, str]:
             if not c.has_collection(collection, timeout=self._timeout):
                 return {}
             self._ensure_loaded(c, collection)
-            out: dict[str, str] = {}
-            it = c.query_iterator(collection, batch_size=4096, filter="",
-                                  output_fields=["id", "attributes"], timeout=self._timeout)
-            try:
-                while batch := it.next():
-                    out.update((r["id"], str((r.get("attributes") or {}).get(key, "")))
-                               for r in batch)
-            finally:
-                it.close()
-            return out
+            return {r["id"]: str((r.get("attributes") or {}).get(key, ""))
+                    for r in self._scan(c, collection, ["id", "attributes"])}
+
+        return self._sync(call)
+
+    def item_vectors(self, collection: str) -> tuple[list[str], np.ndarray]:
+        """Every item id of a collection and its vector (rows in id order), for training."""
+        def call(c: Any) -> tuple[list[str], np.ndarray]:
+            self._ensure_loaded(c, collection)
+            # Small batches: Milvus Lite 2.5.1 never answers a 4096 x 1280-d batch (~20 MB).
+            rows = sorted(self._scan(c, collection, ["id", "vector"], batch_size=256),
+                          key=lambda r: r["id"])
+            return ([r["id"] for r in rows],
+                    np.asarray([r["vector"] for r in rows], dtype=np.float32))
 
         return self._sync(call)
 

@@ -10,9 +10,11 @@ import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import numpy as np
 
 from gateway import filters
 from gateway.active_index import ActiveIndex
@@ -118,6 +120,32 @@ def check_id(kind: str, value: str, max_length: int) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         raise InvalidArgument(f"{kind} contains control characters")
     return value
+
+
+async def multi_interest(store: VectorStore, index: IndexInfo, recent: Sequence[str], fetch: int,
+                         conds: Sequence[Condition] = (), *,
+                         fallback_query: np.ndarray | None = None, with_vectors: bool = False,
+                         stage: Callable[[str], AbstractContextManager[None]] = (
+                             lambda name: nullcontext())) -> list[ScoredItem]:
+    """Recommend's retrieval: each recent item's stored vector queries the index (``fetch``
+    neighbours) and a candidate scores its best cosine over them. ``fallback_query`` (the
+    profile's moving average) is the query only when none of the recent items is in the index.
+    Hits are in no particular order; the recent items themselves may be among them."""
+    with stage("profile"):
+        vectors = await store.get_vectors(index, list(recent)) if recent else {}
+    queries = [vectors[i] for i in recent if i in vectors]
+    if not queries and fallback_query is not None:
+        queries = [fallback_query]
+    if not queries:
+        return []
+    with stage("ann"):
+        results = await store.search_many(index, queries, fetch, conds, with_vectors=with_vectors)
+    best: dict[str, ScoredItem] = {}
+    for hit_list in results:
+        for h in hit_list:
+            if h.item.id not in best or h.score > best[h.item.id].score:
+                best[h.item.id] = h
+    return list(best.values())
 
 
 class RecommenderCore:
@@ -272,19 +300,10 @@ class RecommenderCore:
         # the query only when no recent item is left in the index: an average of vectors drifts
         # towards what all items share (on the demo catalog, single-taste users, precision@10
         # with seen items excluded: 0.31 for the average, 0.44 for the best-of-recent).
-        recent = list(profile.recent_items[: self._p.recent_queries])
-        with self._stage("profile"):
-            recent_vectors = await self._store.get_vectors(index, recent) if recent else {}
-        queries = [recent_vectors[i] for i in recent if i in recent_vectors] or [profile.vector]
-        with self._stage("ann"):
-            results = await self._store.search_many(index, queries, fetch, conds,
-                                                    with_vectors=policy.needs_vectors)
-        best: dict[str, ScoredItem] = {}
-        for hit_list in results:
-            for h in hit_list:
-                if h.item.id not in best or h.score > best[h.item.id].score:
-                    best[h.item.id] = h
-        hits = list(best.values())
+        hits = await multi_interest(
+            self._store, index, profile.recent_items[: self._p.recent_queries], fetch, conds,
+            fallback_query=profile.vector, with_vectors=policy.needs_vectors,
+            stage=self._stage)
         popularity: Mapping[str, float] = {}
         if policy.needs_popularity and hits:
             with self._stage("popularity"):

@@ -7,6 +7,12 @@ it matches the hidden taste; clicks go back through ``RecordInteraction``. The t
 per A/B arm: CTR (clicks / impressions) and precision@k against the hidden tastes (share of shown
 items the user actually likes), next to two baselines shown to other users of the same kind:
 k random catalog items, and the k most clicked items so far (popularity only).
+
+With ``--browse N`` each user also opens, every round, the listing page of one of their tastes
+(its subcategory: N of its items in random order, not a recommendation) and clicks there by
+the same model. Without it every click lands on an item the serving model itself put in front of the
+user, so any offline evaluation on that log favours the serving model (exposure bias); the
+organic clicks are what a training job can learn something new from.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ class ClickModel:
 
 
 def load_catalog(path: Path) -> dict[str, str]:
-    """item id -> subcategory."""
+    """item id -> subcategory (the listing the item appears on)."""
     out = {}
     for line in path.read_text().splitlines():
         if line.strip():
@@ -78,9 +84,9 @@ def _tastes(catalog: dict[str, str], model: ClickModel, rng: random.Random) -> l
 async def simulate(channel: grpc.aio.Channel, catalog: dict[str, str], *, users: int,
                    rounds: int, k: int = 10, seed: int = 0, concurrency: int = 16,
                    model: ClickModel = ClickModel(), seed_views: int = 1,
-                   baseline_users: int | None = None) -> dict[str, Tally]:
+                   baseline_users: int | None = None, browse: int = 0) -> dict[str, Tally]:
     """Run the simulation; returns tallies per arm plus 'baseline:random' and
-    'baseline:popular'."""
+    'baseline:popular' (and 'organic:browse' with ``browse`` > 0)."""
     stub = pb_grpc.RecommenderStub(channel)
     rng = random.Random(seed)
     people = [(f"sim-{seed}-{i}", set(_tastes(catalog, model, rng))) for i in range(users)]
@@ -123,10 +129,23 @@ async def simulate(channel: grpc.aio.Channel, catalog: dict[str, str], *, users:
                 await stub.RecordInteraction(pb.RecordInteractionRequest(
                     user_id=user_id, item_id=item_id, type=pb.INTERACTION_TYPE_CLICK,
                     request_id=reply.request_id), timeout=30)
+            if browse:
+                await browse_page(user_id, taste, round_no, r)
 
     by_taste: dict[str, list[str]] = defaultdict(list)
     for item_id, subcategory in sorted(catalog.items()):
         by_taste[subcategory].append(item_id)
+
+    async def browse_page(user_id: str, taste: set[str], round_no: int,
+                          r: random.Random) -> None:
+        page = by_taste[r.choice(sorted(taste))]
+        tally = tallies["organic:browse"]
+        tally.policy = "listing page (random order)"
+        shown = r.sample(page, min(browse, len(page)))
+        for item_id in react(tally, shown, taste, r, round_no == rounds - 1):
+            await stub.RecordInteraction(pb.RecordInteractionRequest(
+                user_id=user_id, item_id=item_id, type=pb.INTERACTION_TYPE_CLICK,
+                request_id=f"browse-{round_no}"), timeout=30)
 
     async def arrive(user_id: str, taste: set[str]) -> None:
         r = random.Random(f"{seed}:{user_id}:arrival")
@@ -156,14 +175,16 @@ async def simulate(channel: grpc.aio.Channel, catalog: dict[str, str], *, users:
     for name, count in Counter(arm_of.values()).items():
         tallies[name].users = count
     tallies["baseline:random"].users = tallies["baseline:popular"].users = baseline_n
+    if browse:
+        tallies["organic:browse"].users = users
     return dict(tallies)
 
 
 def render(tallies: dict[str, Tally], k: int) -> str:
     rows = [f"{'arm':<18} {'policy':<30} {'users':>5} {'shown':>7} {'clicks':>6} "
             f"{'CTR':>7} {'P@' + str(k) + ' all':>8} {'P@' + str(k) + ' last':>9}  fallbacks"]
-    arms = sorted(n for n in tallies if not n.startswith("baseline:"))
-    for name in [*arms, "baseline:random", "baseline:popular"]:
+    arms = sorted(n for n in tallies if ":" not in n)
+    for name in [*arms, "baseline:random", "baseline:popular", "organic:browse"]:
         t = tallies.get(name)
         if t is None:
             continue
@@ -192,11 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--p-other", type=float, default=0.02, help="of any other item")
     p.add_argument("--seed-views", type=int, default=1,
                    help="views of items of their taste each user arrives with (0: fully cold)")
+    p.add_argument("--browse", type=int, default=0,
+                   help="items of a taste's listing page each user also browses every round "
+                        "(organic clicks, not shown by the recommender; 0: none)")
     p.add_argument("--concurrency", type=int, default=16, help="users served at once")
     p.add_argument("--json", type=Path, default=None, help="also write the tallies here")
     args = p.parse_args(argv)
-    if args.users < 1 or args.rounds < 1 or not 1 <= args.k <= 100:
-        p.error("--users and --rounds must be >= 1 and --k within 1..100")
+    if args.users < 1 or args.rounds < 1 or not 1 <= args.k <= 100 or args.browse < 0:
+        p.error("--users and --rounds must be >= 1, --k within 1..100, --browse >= 0")
     if not args.catalog.is_file():
         p.error(f"catalog {args.catalog} not found")
     model = ClickModel(p_like=args.p_like, p_other=args.p_other)
@@ -206,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             return await simulate(channel, load_catalog(args.catalog), users=args.users,
                                   rounds=args.rounds, k=args.k, seed=args.seed,
                                   concurrency=args.concurrency, model=model,
-                                  seed_views=args.seed_views)
+                                  seed_views=args.seed_views, browse=args.browse)
 
     try:
         tallies = asyncio.run(run())

@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig
 from gateway.ingest import IngestReport, ingest
 from gateway.milvus_local import MilvusServer
 from gateway.milvus_store import MilvusVectorStore
+from gateway.rollout import TritonVersions
 from gateway.server import Gateway, build_gateway
 from gateway.triton_embedder import TritonEmbedder
 from gateway.triton_local import TritonServer
@@ -147,3 +148,14 @@ def milvus_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture(scope="session")
 def milvus_server(milvus_server_process: MilvusServer) -> str:
     return milvus_server_process.uri
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def controls(triton, milvus_lite_uri):
+    store = MilvusVectorStore(milvus_lite_uri, timeout_s=60)
+    versions = TritonVersions(triton.grpc_url)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=300)
+    yield store, versions, embedder
+    await embedder.close()
+    await versions.close()
+    await store.close()
