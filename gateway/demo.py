@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,11 +48,16 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
                          f"(exit code {proc.returncode})")
 
 
-def wait_serving(address: str, timeout: float = 60.0) -> None:
+def wait_serving(address: str, process: subprocess.Popen[bytes] | None = None,
+                 timeout: float = 60.0) -> None:
+    """Until the gateway at ``address`` is SERVING; stops if ``process`` (that gateway) exits."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise SystemExit(f"visrec-demo: the gateway exited with code {process.returncode} "
+                                 f"before serving (its error is above)")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -142,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
                    help="Triton model repository to export into and serve")
     p.add_argument("--serve", action="store_true",
-                   help="keep Triton and the gateway running until Ctrl-C")
+                   help="keep Triton, the gateway and the storefront (a web page, see "
+                        "--storefront-port) running until Ctrl-C")
     p.add_argument("--prometheus", action="store_true",
                    help="also start Prometheus (Debian's package) with monitoring/prometheus "
                         "config and alert rules, scraping the gateway and Triton")
     p.add_argument("--prometheus-port", type=int, default=9090)
+    p.add_argument("--storefront-port", type=int, default=8080,
+                   help="with --serve: the demo storefront (a web page on the gateway)")
     args = p.parse_args(argv)
     bin_dir = Path(sys.executable).parent
     address = f"localhost:{args.grpc_port}"
@@ -173,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gateway: subprocess.Popen[bytes] | None = None
     prometheus: PrometheusServer | None = None
+    signal.signal(signal.SIGTERM, _interrupt)  # stop what we started on SIGTERM too
     try:
         t = step("3/5 demo catalog: emoji-datasource google + twitter (npm pack, cached)")
         try:
@@ -194,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
                "VISREC_EXPERIMENT": os.environ.get("VISREC_EXPERIMENT", "demo"),
                "VISREC_EXPERIMENT_ARMS": os.environ.get(
                    "VISREC_EXPERIMENT_ARMS", "similar=similarity:50, diverse=mmr(0.7):50")}
+        for port in (args.grpc_port, args.metrics_port):
+            if not port_free(port):
+                raise SystemExit(f"visrec-demo: port {port} is in use (another visrec-demo or "
+                                 f"visrec-gateway still running?); stop it or pick other ports")
         gateway = subprocess.Popen([str(bin_dir / "visrec-gateway")], env=env)
-        wait_serving(address)
+        wait_serving(address, gateway)
         done(t, f"serving on {address}, metrics on :{args.metrics_port}/metrics")
 
         if args.prometheus:
@@ -210,8 +225,16 @@ def main(argv: list[str] | None = None) -> int:
 
         query(address, args.item)
         if args.serve:
-            print(f"\nServing: gRPC {address} (reflection on), Triton {triton.http_url}. "
-                  "Ctrl-C stops.")
+            from gateway.storefront.server import Storefront, StorefrontServer
+
+            try:
+                storefront = StorefrontServer(Storefront(address, catalog.parent),
+                                              port=args.storefront_port).start()
+            except OSError as e:
+                raise SystemExit(f"visrec-demo: storefront port {args.storefront_port}: {e}"
+                                 ) from e
+            print(f"\nServing: gRPC {address} (reflection on), Triton {triton.http_url}, "
+                  f"storefront {storefront.url}. Ctrl-C stops.")
             gateway.wait()
     except KeyboardInterrupt:
         pass
@@ -224,6 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         if owns_triton:
             triton.stop()
     return 0
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
