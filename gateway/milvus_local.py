@@ -1,12 +1,14 @@
 """A real Milvus standalone server on this machine: the pip package `milvus` (2.3.5) ships the
 binaries. Used by the tests and the benchmarks for the Milvus-server path (aliases, HNSW).
-Its etcd, metrics (9091) and internal ports are fixed: one per machine at a time."""
+Its etcd and internal ports are fixed: one per machine at a time. Its metrics / health port is
+9091 unless something else holds 9091 (the wrapper then takes the next free port), so
+``metrics_port`` is read from the server process itself. ``restart`` keeps data and ports."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,31 +45,71 @@ def _healthy(url: str) -> bool:
         return False
 
 
+# `milvus-server`, except that its port probe sets SO_REUSEADDR as Milvus itself does: without
+# it a port whose last connections are in TIME_WAIT (every port, just after a restart) looks
+# taken, and the wrapper silently moves the proxy and the health port to the next free ones.
+_LAUNCHER = """
+import socket, sys, milvus
+def try_bind_port(self, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+milvus.MilvusServerConfig.try_bind_port = try_bind_port
+sys.argv[0] = "milvus-server"
+sys.exit(milvus.main())
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (from /proc)."""
+    parent_of: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent_of[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [p for p, parent in parent_of.items() if parent == current]
+        out += children
+        frontier += children
+    return out
+
+
 @dataclass
 class MilvusServer:
     data_dir: Path
     port: int = 19530
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    metrics_port: int | None = field(default=None, init=False)
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> MilvusServer:
-        binary = shutil.which("milvus-server", path=str(Path(sys.executable).parent)) or \
-            shutil.which("milvus-server")
-        if binary is None:
+        if importlib.util.find_spec("milvus") is None:
             raise MilvusLaunchError("milvus-server not installed (pip package `milvus`, "
                                     "installed by scripts/setup)")
-        if listening(9091):
-            raise MilvusLaunchError("port 9091 is taken (a Milvus server already running?)")
+        if listening(self.port):
+            raise MilvusLaunchError(f"port {self.port} is taken (a Milvus server already "
+                                    f"running?)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "milvus.log").open("ab")
         self.process = subprocess.Popen(
-            [binary, "--data", str(self.data_dir), "--proxy-port", str(self.port)],
+            [sys.executable, "-c", _LAUNCHER, "--data", str(self.data_dir), "--proxy-port",
+             str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not (_healthy("http://127.0.0.1:9091/healthz") and listening(self.port)):
+        self.metrics_port = None
+        while not (self._metrics_port() is not None and listening(self.port)
+                   and _healthy(f"http://127.0.0.1:{self.metrics_port}/healthz")):
             if self.process.poll() is not None:
                 raise MilvusLaunchError(f"milvus-server exited; see {self.data_dir}/milvus.log")
             if time.monotonic() > deadline:
@@ -89,8 +131,25 @@ class MilvusServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while listening(9091) and time.monotonic() < deadline:
+        while listening(self.port) and time.monotonic() < deadline:
             time.sleep(0.5)
+        self.metrics_port = None
+
+    def restart(self, timeout: float = 180.0) -> MilvusServer:
+        """Stop and start again on the same data directory (and the same ports)."""
+        self.stop()
+        return self.start(timeout)
+
+    def _metrics_port(self) -> int | None:
+        """METRICS_PORT from the environment the wrapper gave `milvus run standalone`."""
+        if self.metrics_port is None and self.process is not None:
+            for pid in _descendants(self.process.pid):
+                with contextlib.suppress(OSError):
+                    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                        if entry.startswith(b"METRICS_PORT="):
+                            self.metrics_port = int(entry.split(b"=", 1)[1])
+                            return self.metrics_port
+        return self.metrics_port
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP to its process group): to a client, a Milvus that stopped

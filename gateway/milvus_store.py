@@ -116,6 +116,11 @@ class MilvusVectorStore:
             raise
         except MilvusException as e:
             text = f"Milvus ({self.uri}): {getattr(e, 'message', e)}"
+            if "not loaded" in text:
+                # A restarted server may come back with its collections released: load them
+                # again on the next call instead of failing until this process restarts.
+                self._loaded.clear()
+                self._created.clear()
             if "timeout" in text.lower() or "deadline" in text.lower():
                 raise BackendTimeout(text) from e
             raise BackendUnavailable(text) from e
