@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from bench import ceiling, direct, load, perf, report, scale
-from gateway.catalog import build_catalog
-from gateway.ingest import ingest
-from gateway.milvus_local import MilvusServer, free_port
-from gateway.milvus_store import MilvusVectorStore
-from gateway.triton_embedder import TritonEmbedder
-from gateway.triton_local import DEFAULT_REPOSITORY, TritonServer
+from visrec.export.indexing.ingest import ingest
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.local.demo_catalog import build_catalog
+from visrec.local.milvus_server import MilvusServer, free_port
+from visrec.local.triton_server import DEFAULT_REPOSITORY, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,8 +122,8 @@ def tune(url: str, out: Path, seconds_ms: int, images: Path) -> dict[str, Any]:
 async def seed_users(address: str, item_ids: list[str], users: int = 60) -> list[str]:
     import grpc
 
-    from gateway._pb.visrec.v1 import recommender_pb2 as pb
-    from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+    from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+    from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
     ids = [f"bench-{i}" for i in range(users)]
     async with grpc.aio.insecure_channel(address) as channel:
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if "gateway" in only:
             milvus.start()
-            store = MilvusVectorStore(milvus.uri, timeout_s=60, index_type="HNSW")
+            db = MilvusDatabase(milvus.uri, timeout_s=60, index_type="HNSW")
             embedder = TritonEmbedder(triton_url, timeout_s=300)
-            asyncio.run(ingest(catalog, store, embedder, progress=False))
-            store.close_sync()
+            asyncio.run(ingest(catalog, db.admin, db.items, embedder, progress=False))
+            db.close_sync()
             port, metrics_port = free_port(), free_port()
             address = f"127.0.0.1:{port}"
             env = {**os.environ, "VISREC_GRPC_ADDRESS": address,
@@ -269,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             gateway_proc = None
         if "ingest" in only:
             db = args.out / f"ingest-{uuid.uuid4().hex[:6]}.db"
-            store = MilvusVectorStore(str(db), timeout_s=60)
+            lite = MilvusDatabase(str(db), timeout_s=60)
             embedder = TritonEmbedder(triton_url, timeout_s=300)
-            r = asyncio.run(ingest(catalog, store, embedder, progress=False))
-            store.close_sync()
+            r = asyncio.run(ingest(catalog, lite.admin, lite.items, embedder, progress=False))
+            lite.close_sync()
             results.put("ingest", {"images": r.embedded, "seconds": r.seconds,
                                    "images_per_s": r.images_per_s})
         if "scale" in only:

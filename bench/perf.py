@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import photo
+from visrec.local.demo import photo
 
 PERF = Path(sys.executable).parent / "perf_analyzer"
 

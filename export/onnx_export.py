@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.backbones import PreprocessSpec
-from export.errors import ExportError
-from export.repository import EMBEDDING, PIXELS
+from visrec.export.backbones import PreprocessSpec
+from visrec.export.errors import ExportError
+from visrec.export.repository import EMBEDDING, PIXELS
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +87,7 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, spec: PreprocessSpec,
     import onnxruntime as ort
     import torch
 
-    from export.triton_backends import imaging
+    from visrec.export.triton_backends import imaging
 
     batch = np.stack([
         imaging.to_pixels(imaging.decode(data, 10**8), **spec.as_dict())

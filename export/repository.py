@@ -23,8 +23,8 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.backbones import PreprocessSpec
-from export.errors import ExportError
+from visrec.export.backbones import PreprocessSpec
+from visrec.export.errors import ExportError
 
 TARGETS = ("cpu", "gpu-onnx", "gpu-tensorrt")
 PREPROCESS = "preprocess"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.backbones import PreprocessSpec
-from export.errors import ExportError
-from export.repository import PIXELS
+from visrec.export.backbones import PreprocessSpec
+from visrec.export.errors import ExportError
+from visrec.export.repository import PIXELS
 
 
 def tensorrt_available() -> str | None:

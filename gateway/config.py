@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.experiments import Experiment, ExperimentConfigError, parse_experiment
-from gateway.profiles import DEFAULT_WEIGHTS, WeightsError, parse_weights
+from visrec.gateway.core.experiments import Experiment, ExperimentConfigError, parse_experiment
+from visrec.gateway.core.profiles import DEFAULT_WEIGHTS, WeightsError, parse_weights
 
 PREFIX = "VISREC_"
 
@@ -119,18 +119,29 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(env_name(f.name))
-            if raw is None:
-                continue
-            values[f.name] = _parse(f.name, raw, type(f.default))
-        return cls(**values)
+        return cls(**values_from_env(cls, environ))
 
 
 def env_name(field: str) -> str:
     return PREFIX + field.upper()
+
+
+def values_from_env(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` that ``VISREC_<FIELD>`` variables set, parsed to the
+    type of each field's default; a malformed value is a ConfigError naming the variable."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw = environ.get(env_name(f.name))
+        if raw is not None:
+            values[f.name] = _parse(f.name, raw, type(f.default))
+    return values
+
+
+def epilog(cls: type) -> str:
+    """``--help`` text listing every variable of dataclass ``cls`` with its default."""
+    return "\n".join(f"  {env_name(f.name)} (default {f.default!r})"
+                     for f in dataclasses.fields(cls))
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -1,7 +1,8 @@
 """Generate the Python gRPC stubs for proto/ into gateway/_pb (git-ignored).
 
-protoc's virtual-path mapping (-Igateway/_pb=proto) makes the generated modules import each
-other as ``gateway._pb.visrec.v1...``, so no import rewriting is needed. Skips the work when the
+They are written through visrec/gateway (the import path of gateway/): protoc's virtual-path
+mapping (-Ivisrec/gateway/_pb=proto) makes the generated modules import each other as
+``visrec.gateway._pb.visrec.v1...``, so no import rewriting is needed. Skips the work when the
 stubs are newer than every .proto file.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-OUT_PKG = "gateway/_pb"
+OUT_PKG = "visrec/gateway/_pb"
 
 
 def main() -> int:
@@ -22,7 +23,8 @@ def main() -> int:
         for p in protos
         for suffix in ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
     ]
-    newest_src = max(p.stat().st_mtime for p in protos)
+    # This script's own changes (e.g. the import path) also make the stubs stale.
+    newest_src = max(p.stat().st_mtime for p in [*protos, Path(__file__)])
     if all(o.exists() and o.stat().st_mtime >= newest_src for o in outputs):
         return 0
 
@@ -48,7 +50,7 @@ def main() -> int:
     # Regular packages (not namespace packages) so setuptools and mypy find them.
     for d in {o.parent for o in outputs} | {ROOT / OUT_PKG}:
         cur = d
-        while cur != ROOT / "gateway":
+        while cur != ROOT / "visrec" / "gateway":
             (cur / "__init__.py").touch()
             cur = cur.parent
     print(f"gen_protos: wrote stubs for {len(protos)} proto file(s) into {OUT_PKG}/",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gateway.milvus_local import free_port
+from visrec.local.milvus_server import free_port
 
 __all__ = ["ROOT", "bomb_png", "encode", "free_port", "odd_images", "photo", "truncated_png"]
 

@@ -15,19 +15,19 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from export.cli import build_parser
-from export.cli import run as run_export
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.catalog import build_catalog
-from gateway.config import GatewayConfig
-from gateway.ingest import IngestReport, ingest
-from gateway.milvus_local import MilvusServer
-from gateway.milvus_store import MilvusVectorStore
-from gateway.rollout import TritonVersions
-from gateway.server import Gateway, build_gateway
-from gateway.triton_embedder import TritonEmbedder
-from gateway.triton_local import TritonServer
 from tests.support import free_port
+from visrec.export.cli import build_parser
+from visrec.export.cli import run as run_export
+from visrec.export.indexing.ingest import IngestReport, ingest
+from visrec.export.indexing.triton_versions import TritonVersions
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.gateway.api.server import Gateway, build_gateway
+from visrec.gateway.config import GatewayConfig
+from visrec.local.demo_catalog import build_catalog
+from visrec.local.milvus_server import MilvusServer
+from visrec.local.triton_server import TritonServer
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +65,13 @@ def milvus_lite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 async def ingested(triton: TritonServer, catalog: Path, milvus_lite_uri: str
                    ) -> AsyncIterator[IngestReport]:
     """The whole demo catalog embedded through Triton into Milvus Lite, and made active."""
-    store = MilvusVectorStore(milvus_lite_uri, timeout_s=60)
+    db = MilvusDatabase(milvus_lite_uri, timeout_s=60)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
     try:
-        yield await ingest(catalog, store, embedder, progress=False)
+        yield await ingest(catalog, db.admin, db.items, embedder, progress=False)
     finally:
         await embedder.close()
-        await store.close()
+        await db.close()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -152,10 +152,10 @@ def milvus_server(milvus_server_process: MilvusServer) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def controls(triton, milvus_lite_uri):
-    store = MilvusVectorStore(milvus_lite_uri, timeout_s=60)
+    db = MilvusDatabase(milvus_lite_uri, timeout_s=60)
     versions = TritonVersions(triton.grpc_url)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=300)
-    yield store, versions, embedder
+    yield db, versions, embedder
     await embedder.close()
     await versions.close()
-    await store.close()
+    await db.close()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from export.cli import build_parser, run
-from export.repository import parse_pbtxt, read_metadata
-from gateway.triton_local import TritonServer
 from tests.support import free_port, photo
+from visrec.export.cli import build_parser, run
+from visrec.export.repository import parse_pbtxt, read_metadata
+from visrec.local.triton_server import TritonServer
 
 
 def _checkpoint(tmp_path, factory, name: str, wrap: bool = False):
@@ -66,7 +66,7 @@ def test_a_repository_keeps_one_target(tmp_path):
     base = ["--backbone", "torchvision:resnet18", "--weights", str(weights), "--repository",
             str(repo), "--quiet"]
     assert run(build_parser().parse_args(base)) == 1
-    from export.errors import ExportError
+    from visrec.export.errors import ExportError
 
     with pytest.raises(ExportError, match="exported for target cpu"):
         run(build_parser().parse_args([*base, "--target", "gpu-onnx"]))
@@ -76,7 +76,7 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
     weights = _checkpoint(tmp_path, lambda: __import__("torchvision").models.resnet18(), "r18")
     args = build_parser().parse_args(["--backbone", "torchvision:resnet34", "--weights",
                                       str(weights), "--repository", str(tmp_path / "repo")])
-    from export.errors import ExportError
+    from visrec.export.errors import ExportError
 
     with pytest.raises(ExportError, match="do not fit the backbone"):
         run(args)

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.milvus_store import MilvusVectorStore, items_collection
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.adapters.milvus.schema import items_collection
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -141,11 +142,11 @@ async def test_upsert_items_fuzz(fuzz_stub, item_id, image, name):
 
 @pytest.fixture
 def catalog_count(milvus_lite_uri, ingested):
-    store = MilvusVectorStore(milvus_lite_uri)
+    db = MilvusDatabase(milvus_lite_uri)
     try:
-        yield lambda: store.count(items_collection(1))
+        yield lambda: db.admin.count(items_collection(1))
     finally:
-        store.close_sync()
+        db.close_sync()
 
 
 @FUZZ

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
 from tests.support import bomb_png, photo, truncated_png
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
 
 APPLE = "google:1f34e"
 
@@ -89,7 +89,7 @@ async def test_cross_vendor_retrieval_over_the_whole_catalog(stub, ingested, cap
 
 
 def ingested_catalog_lines() -> list[str]:
-    from gateway.catalog import DEFAULT_OUT
+    from visrec.local.demo_catalog import DEFAULT_OUT
 
     return (DEFAULT_OUT / "emoji.jsonl").read_text().splitlines()
 

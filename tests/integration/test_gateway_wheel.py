@@ -1,6 +1,7 @@
-"""The gateway image's runtime stage, as far as it can run here (no container engine): the
-wheel its builder stage builds is installed into a clean virtualenv with only the runtime
-dependencies, and its entry points start, serve and answer health."""
+"""The project's wheel, as a user installs it: into a clean virtualenv with only the runtime
+dependencies (from the package index, like scripts/setup), it holds only the visrec namespace,
+the recommendation service imports without torch, and its entry points start, serve and answer
+health."""
 
 from __future__ import annotations
 
@@ -10,26 +11,27 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import grpc
 import pytest
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.support import ROOT, free_port
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 SEED = """
 import sys, numpy as np
-from gateway.domain import IndexInfo
-from gateway.milvus_store import MilvusVectorStore
-store = MilvusVectorStore(sys.argv[1], timeout_s=30)
-store.ensure_items_collection("items_v1", 4)
-rows = [{"id": f"item-{i}", "vector": np.eye(4)[i % 4].tolist(), "name": f"n{i}",
-         "category": "c", "subcategory": "s", "image_uri": "", "attributes": {}} for i in range(8)]
-store.upsert_items("items_v1", rows)
-store.write_index_record(IndexInfo("items_v1", "1", 4, {}, 8))
-store.activate("items_v1")
-store.close_sync()
+from visrec.gateway.core.domain import IndexInfo, Item
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.adapters.milvus.schema import item_row
+db = MilvusDatabase(sys.argv[1], timeout_s=30)
+db.admin.ensure_items_collection("items_v1", 4)
+rows = [item_row(Item(f"item-{i}", f"n{i}", "c", "s"), np.eye(4)[i % 4]) for i in range(8)]
+db.items.upsert("items_v1", rows)
+db.admin.write_index_record(IndexInfo("items_v1", "1", 4, {}, 8))
+db.admin.activate("items_v1")
+db.close_sync()
 """
 
 
@@ -47,9 +49,12 @@ def test_the_gateway_wheel_installs_clean_and_serves(tmp_path):
          "."], cwd=ROOT)
     [wheel] = list((tmp_path / "w").glob("visrec-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "gateway/_pb/visrec/v1/recommender_pb2.py" in names
-    assert "export/triton_backends/preprocess_model.py" in names
-    assert not any(n.startswith(("tests/", "model_repository/")) for n in names)
+    assert "visrec/gateway/_pb/visrec/v1/recommender_pb2.py" in names
+    assert "visrec/export/triton_backends/preprocess_model.py" in names
+    assert "visrec/local/storefront/static/index.html" in names
+    # One import namespace: nothing but visrec/ (and the wheel's own metadata) at the top.
+    assert {n.split("/")[0] for n in names} == {"visrec", wheel.name.split("-py3")[0] +
+                                                ".dist-info"}, names
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
@@ -60,6 +65,12 @@ def test_the_gateway_wheel_installs_clean_and_serves(tmp_path):
               for line in run([str(venv / "bin/pip"), "freeze"]).stdout.splitlines()}
     assert not frozen & {"torch", "timm", "pytest", "onnxruntime", "nvidia-pytriton"}, frozen
     assert {"grpcio", "pymilvus", "tritonclient", "visrec"} <= frozen
+    site = Path(run([str(venv / "bin/python"), "-c",
+                     "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    installed = {p.name for p in site.iterdir()}
+    assert "visrec" in installed and not {"gateway", "export", "local"} & installed, installed
+    # The recommendation service imports without torch (not installed here).
+    run([str(venv / "bin/python"), "-c", "import visrec.gateway.api.server, visrec.export.config"])
 
     db = tmp_path / "milvus.db"
     run([str(venv / "bin/python"), "-c", SEED, str(db)])

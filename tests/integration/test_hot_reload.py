@@ -16,17 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.cli import build_parser
-from export.cli import run as run_export
-from export.repository import ENCODER, write_version_atomically
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.ingest import ingest
-from gateway.milvus_store import MilvusVectorStore
-from gateway.rollout import TritonVersions, rollout
-from gateway.triton_embedder import TritonEmbedder
 from tests.integration.test_ingest import _small_catalog
 from tests.integration.traffic import Traffic
 from tests.support import ROOT
+from visrec.export.cli import build_parser
+from visrec.export.cli import run as run_export
+from visrec.export.indexing.ingest import ingest
+from visrec.export.indexing.rollout import rollout
+from visrec.export.indexing.triton_versions import TritonVersions
+from visrec.export.repository import ENCODER, write_version_atomically
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.adapters.triton_embedder import TritonEmbedder
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +48,16 @@ def version_2(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.mark.timeout(900)
 async def test_rolling_to_version_2_and_back_under_traffic(gateway, channel, catalog, version_2,
                                                            controls, capsys):
-    store, versions, embedder = controls
+    db, versions, embedder = controls
     traffic = Traffic(pb_grpc.RecommenderStub(channel))
     traffic.start()
     await asyncio.sleep(2)
-    forward = await rollout("2", store, versions, embedder, catalog=catalog, grace_s=3,
+    forward = await rollout("2", db, versions, embedder, catalog=catalog, grace_s=3,
                             progress=False)
     switched = next(s for s in forward.steps if s.name == "switch")
     switched_at = switched.started + switched.seconds
     await asyncio.sleep(2)
-    back = await rollout("1", store, versions, embedder, catalog=None, grace_s=3,
+    back = await rollout("1", db, versions, embedder, catalog=None, grace_s=3,
                          progress=False)
     await asyncio.sleep(2)
     await traffic.stop()
@@ -70,7 +71,7 @@ async def test_rolling_to_version_2_and_back_under_traffic(gateway, channel, cat
     assert forward.ingest is not None and forward.ingest.embedded == 3822
     assert "nothing to embed" in next(s.detail for s in back.steps if s.name == "re-embed")
     assert await versions.ready() == ["1"]
-    assert (await store.active_index()).model_version == "1"
+    assert (await db.store.active_index()).model_version == "1"
 
 
 @pytest.mark.timeout(600)
@@ -104,15 +105,17 @@ async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
         triton, catalog, version_2, milvus_server, tmp_path):
     """Against a real Milvus server (aliases exist there): kill `visrec-rollout` during the
     re-embedding, check version 1 still serves, run it again to completion, roll back."""
-    store = MilvusVectorStore(milvus_server, timeout_s=60)
+    db = MilvusDatabase(milvus_server, timeout_s=60)
+    store = db.store
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=300)
     versions = TritonVersions(triton.grpc_url)
     small = _small_catalog(catalog, tmp_path, 600)
     try:
         await versions.serve(["1"])
-        first = await ingest(small, store, embedder, model_version="1", progress=False)
+        first = await ingest(small, db.admin, db.items, embedder, model_version="1",
+                             progress=False)
         assert first.collection == "items_v1"
-        assert await asyncio.to_thread(store.point_alias, "visrec_items", "items_v1")
+        assert await asyncio.to_thread(db.admin.point_alias, "visrec_items", "items_v1")
 
         cli = [str(Path(sys.executable).parent / "visrec-rollout"), "--to", "2", "--catalog",
                str(small), "--milvus-uri", milvus_server, "--triton-url", triton.grpc_url,
@@ -125,13 +128,13 @@ async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
             await asyncio.sleep(0.3)
             assert proc.returncode is None, "the rollout finished before it could be killed"
             assert time.monotonic() < deadline
-            count = await _count(store, "items_v2")
+            count = await _count(db, "items_v2")
             if 0 < count < 600:
                 break
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         assert (await store.active_index()).collection == "items_v1"
-        assert await asyncio.to_thread(store.alias_target, "visrec_items") == "items_v1"
+        assert await asyncio.to_thread(db.admin.alias_target, "visrec_items") == "items_v1"
         assert "1" in await versions.ready()
 
         rerun = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True,
@@ -141,7 +144,7 @@ async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
         assert 0 < reused < 600, rerun.stdout
         active = await store.active_index()
         assert active.collection == "items_v2" and active.dim == 256 and active.count == 600
-        assert await asyncio.to_thread(store.alias_target, "visrec_items") == "items_v2"
+        assert await asyncio.to_thread(db.admin.alias_target, "visrec_items") == "items_v2"
 
         rollback = [cli[0], "--to", "1", "--milvus-uri", milvus_server,
                     "--triton-url", triton.grpc_url, "--grace-s", "1", "-q"]
@@ -149,17 +152,17 @@ async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
                                        timeout=600, check=False, cwd=ROOT)
         assert back.returncode == 0, back.stdout + back.stderr
         assert (await store.active_index()).collection == "items_v1"
-        assert await asyncio.to_thread(store.alias_target, "visrec_items") == "items_v1"
+        assert await asyncio.to_thread(db.admin.alias_target, "visrec_items") == "items_v1"
     finally:
         await versions.serve(["1"])
         await versions.close()
         await embedder.close()
-        await store.close()
+        await db.close()
 
 
-async def _count(store: MilvusVectorStore, collection: str) -> int:
+async def _count(db: MilvusDatabase, collection: str) -> int:
     def call() -> int:
-        return store.count(collection) if store.has_collection(collection) else 0
+        return db.admin.count(collection) if db.admin.has_collection(collection) else 0
 
     return await asyncio.to_thread(call)
 

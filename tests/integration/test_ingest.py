@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 
-from gateway.errors import VisrecError
-from gateway.ingest import CatalogFormatError, ingest, read_catalog
-from gateway.milvus_store import MilvusVectorStore
-from gateway.triton_embedder import TritonEmbedder
 from tests.support import truncated_png
+from visrec.export.indexing.catalog_file import CatalogFormatError, read_catalog
+from visrec.export.indexing.ingest import ingest
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.gateway.core.errors import VisrecError
 
 
 def _small_catalog(catalog, tmp_path, n: int, corrupt: int | None = None):
@@ -30,47 +31,47 @@ def _small_catalog(catalog, tmp_path, n: int, corrupt: int | None = None):
 
 
 async def test_interrupted_ingest_resumes_without_re_embedding(triton, catalog, tmp_path):
-    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    db = MilvusDatabase(str(tmp_path / "m.db"), timeout_s=30)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
-    first = await ingest(_small_catalog(catalog, tmp_path, 40), store, embedder,
+    first = await ingest(_small_catalog(catalog, tmp_path, 40), db.admin, db.items, embedder,
                          batch_size=8, progress=False, activate=False)
     assert (first.embedded, first.reused, first.activated) == (40, 0, False)
-    assert await store.active_index() is None  # not switched: the gateway saw nothing
+    assert await db.store.active_index() is None  # not switched: the gateway saw nothing
     # The "rest of the run": a catalog of 100 whose first 40 are already in the collection.
-    second = await ingest(_small_catalog(catalog, tmp_path, 100), store, embedder,
+    second = await ingest(_small_catalog(catalog, tmp_path, 100), db.admin, db.items, embedder,
                           batch_size=8, progress=False)
     assert (second.embedded, second.reused) == (60, 40)
-    info = await store.active_index()
+    info = await db.store.active_index()
     assert info is not None and info.count == 100 and info.dim == 1280
     assert info.facets["vendor"] == "string" and info.facets["added_in"] == "number"
-    again = await ingest(_small_catalog(catalog, tmp_path, 100), store, embedder,
+    again = await ingest(_small_catalog(catalog, tmp_path, 100), db.admin, db.items, embedder,
                          progress=False)
     assert (again.embedded, again.reused) == (0, 100)
     await embedder.close()
-    await store.close()
+    await db.close()
 
 
 async def test_a_corrupt_catalog_image_is_skipped_and_reported(triton, catalog, tmp_path):
-    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    db = MilvusDatabase(str(tmp_path / "m.db"), timeout_s=30)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
-    report = await ingest(_small_catalog(catalog, tmp_path, 20, corrupt=5), store, embedder,
-                          batch_size=8, progress=False)
+    report = await ingest(_small_catalog(catalog, tmp_path, 20, corrupt=5), db.admin, db.items,
+                          embedder, batch_size=8, progress=False)
     assert report.embedded == 19 and len(report.skipped) == 1
     _, reason = report.skipped[0]
     assert "cannot decode" in reason
-    assert store.count(report.collection) == 19
+    assert db.admin.count(report.collection) == 19
     await embedder.close()
-    await store.close()
+    await db.close()
 
 
 async def test_ingest_refuses_a_version_triton_does_not_serve(triton, catalog, tmp_path):
-    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    db = MilvusDatabase(str(tmp_path / "m.db"), timeout_s=30)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
     with pytest.raises(VisrecError, match="does not serve image_embedding version 7"):
-        await ingest(_small_catalog(catalog, tmp_path, 4), store, embedder,
+        await ingest(_small_catalog(catalog, tmp_path, 4), db.admin, db.items, embedder,
                      model_version="7", progress=False)
     await embedder.close()
-    await store.close()
+    await db.close()
 
 
 @pytest.mark.parametrize("line, message", [
@@ -90,20 +91,20 @@ def test_malformed_catalog_lines_fail_with_their_line_number(tmp_path, line, mes
 
 
 async def test_an_edited_row_is_re_embedded_and_nothing_else(triton, catalog, tmp_path):
-    store = MilvusVectorStore(str(tmp_path / "m.db"), timeout_s=30)
+    db = MilvusDatabase(str(tmp_path / "m.db"), timeout_s=30)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=60)
     path = _small_catalog(catalog, tmp_path, 12)
-    assert (await ingest(path, store, embedder, progress=False)).embedded == 12
+    assert (await ingest(path, db.admin, db.items, embedder, progress=False)).embedded == 12
     lines = path.read_text().splitlines()
     row = json.loads(lines[4])
     row["name"] = "Renamed in the catalog"
     lines[4] = json.dumps(row)
     path.write_text("\n".join(lines) + "\n")
-    report = await ingest(path, store, embedder, progress=False)
+    report = await ingest(path, db.admin, db.items, embedder, progress=False)
     assert (report.embedded, report.reused) == (1, 11)
-    info = await store.active_index()
-    items = await store.get_items(info, [row["id"]])
+    info = await db.store.active_index()
+    items = await db.store.get_items(info, [row["id"]])
     assert items[row["id"]].name == "Renamed in the catalog"
     assert "_fp" not in items[row["id"]].attributes  # bookkeeping stays internal
     await embedder.close()
-    await store.close()
+    await db.close()

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.dashboards import dashboards, queries, render
-from gateway.domain import Equals
-from gateway.milvus_store import MilvusVectorStore
-from gateway.prometheus_local import PrometheusServer
 from tests.integration.test_milvus_store import _fill
 from tests.support import ROOT, free_port, photo, truncated_png
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.core.domain import Equals
+from visrec.local.panels import dashboards, queries, render
+from visrec.local.prometheus_server import PrometheusServer
 
 GPUS = [("0", "GPU-4a1e0c2d-0000-4000-8000-000000000000"),
         ("1", "GPU-4a1e0c2d-0000-4000-8000-000000000001")]
@@ -88,8 +88,9 @@ def prometheus(tmp_path_factory, gateway, ab_gateway, triton, milvus_server
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def under_traffic(prometheus, gateway, ab_gateway, milvus_server) -> AsyncIterator[None]:
     """Twelve seconds of real traffic on every path while Prometheus scrapes each second."""
-    store = MilvusVectorStore(milvus_server, timeout_s=30)
-    info = _fill(store, "items_v5")
+    db = MilvusDatabase(milvus_server, timeout_s=30)
+    store = db.store
+    info = _fill(db, "items_v905")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as plain_ch, \
             grpc.aio.insecure_channel(f"127.0.0.1:{ab_gateway.port}") as ab_ch:
         plain, ab = pb_grpc.RecommenderStub(plain_ch), pb_grpc.RecommenderStub(ab_ch)
@@ -112,7 +113,7 @@ async def under_traffic(prometheus, gateway, ab_gateway, milvus_server) -> Async
             await store.search(info, np.ones(8, dtype=np.float32), 5, [Equals("label", "it's")])
             await store.sample_items(info, (), 3)
             await asyncio.sleep(0.1)
-    await store.close()
+    await db.close()
     await asyncio.sleep(3)  # a few more scrapes and rule evaluations
     yield
 

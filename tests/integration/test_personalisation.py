@@ -19,12 +19,12 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.simulate import ClickModel, load_catalog, simulate
 from tests.integration.conftest import AB_ARMS, wait_serving
 from tests.integration.test_ingest import _small_catalog
 from tests.support import ROOT, free_port
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.local.simulate import ClickModel, load_catalog, simulate
 
 CLICK = pb.INTERACTION_TYPE_CLICK
 # grapes, melon, watermelon, tangerine, lemon, banana
@@ -160,7 +160,7 @@ async def test_simulated_users_prefer_personalisation_to_both_baselines(ab_gatew
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ab_gateway.port}") as channel:
         tallies = await simulate(channel, load_catalog(catalog), users=60, rounds=5, k=10,
                                  seed=11, model=ClickModel())
-    from gateway.simulate import render
+    from visrec.local.simulate import render
 
     with capsys.disabled():
         print("\n" + render(tallies, 10))

@@ -21,16 +21,16 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.ingest import ingest
-from gateway.milvus_local import MilvusServer
-from gateway.milvus_store import MilvusVectorStore
-from gateway.triton_embedder import TritonEmbedder
-from gateway.triton_local import TritonServer
 from tests.integration.conftest import wait_serving
 from tests.integration.test_ingest import _small_catalog
 from tests.support import ROOT, free_port, photo
+from visrec.export.indexing.ingest import ingest
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.gateway.adapters.milvus import MilvusDatabase
+from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.local.milvus_server import MilvusServer
+from visrec.local.triton_server import TritonServer
 
 pytestmark = pytest.mark.timeout(900)
 ITEMS = 300
@@ -54,13 +54,13 @@ def own_triton(model_repository: Path, tmp_path_factory) -> Iterator[TritonServe
 async def fault_catalog(own_triton, milvus_server, catalog, tmp_path_factory) -> Path:
     """A few hundred real items in the Milvus server's items_v1, made active."""
     small = _small_catalog(catalog, tmp_path_factory.mktemp("fault-catalog"), ITEMS)
-    store = MilvusVectorStore(milvus_server, timeout_s=60)
+    db = MilvusDatabase(milvus_server, timeout_s=60)
     embedder = TritonEmbedder(own_triton.grpc_url, timeout_s=120)
     try:
-        await ingest(small, store, embedder, model_version="1", progress=False)
+        await ingest(small, db.admin, db.items, embedder, model_version="1", progress=False)
     finally:
         await embedder.close()
-        await store.close()
+        await db.close()
     return small
 
 
@@ -318,12 +318,12 @@ async def _milvus_outage(start_gateway, server: MilvusServer, items: list[str],
     assert {o.degraded for o in tail if o.rpc != "RecordInteraction"} == {""}
 
     # nothing acknowledged is lost: every acknowledged event is in the log afterwards
-    store = MilvusVectorStore(server.uri, timeout_s=60)
+    db = MilvusDatabase(server.uri, timeout_s=60)
     try:
-        logged = {e.event_id for e in await asyncio.to_thread(store.interactions)}
+        logged = {e.event_id for e in await asyncio.to_thread(db.store.interactions)}
     finally:
-        await store.close()
-    from gateway.profiles import event_key
+        await db.close()
+    from visrec.gateway.core.profiles import event_key
 
     missing = [a for a in load.acknowledged
                if event_key(a[0], a[2], a[1], "click") not in logged]

@@ -20,8 +20,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from gateway.storefront.server import Storefront, StorefrontServer
 from tests.support import ROOT, photo
+from visrec.local.storefront.server import Storefront, StorefrontServer
 
 SHOTS = ROOT / "artifacts" / "storefront"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

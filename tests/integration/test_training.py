@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from export.cli import build_parser as export_parser
-from export.cli import run as run_export
-from export.train import build_parser as train_parser
-from export.train import run as run_train
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.evaluate import evaluate, render
-from gateway.rollout import rollout
-from gateway.simulate import load_catalog, simulate
-from gateway.simulate import render as render_tallies
 from tests.integration.traffic import Traffic
+from visrec.export.cli import build_parser as export_parser
+from visrec.export.cli import run as run_export
+from visrec.export.indexing.rollout import rollout
+from visrec.export.training.evaluate import evaluate, render
+from visrec.export.training.train import build_parser as train_parser
+from visrec.export.training.train import run as run_train
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.local.simulate import load_catalog, simulate
+from visrec.local.simulate import render as render_tallies
 
 SEED = 101
 HOLDOUT = 25.0
@@ -32,8 +32,8 @@ HOLDOUT = 25.0
 async def test_a_head_trained_on_clicks_beats_imagenet_and_rolls_out_cleanly(
         gateway, channel, catalog, model_repository, controls, milvus_lite_uri, tmp_path,
         capsys):
-    store, versions, embedder = controls
-    assert (await store.active_index()).model_version == "1"
+    db, versions, embedder = controls
+    assert (await db.store.active_index()).model_version == "1"
 
     # Users with hidden tastes use the gateway: recommendations and their listing pages.
     tallies = await simulate(channel, load_catalog(catalog), users=200, rounds=4, k=10,
@@ -59,18 +59,18 @@ async def test_a_head_trained_on_clicks_beats_imagenet_and_rolls_out_cleanly(
     traffic = Traffic(pb_grpc.RecommenderStub(channel))
     traffic.start()
     await asyncio.sleep(2)
-    forward = await rollout(version, store, versions, embedder, catalog=catalog, grace_s=3,
+    forward = await rollout(version, db, versions, embedder, catalog=catalog, grace_s=3,
                             progress=False)
     switched = next(s for s in forward.steps if s.name == "switch")
     await asyncio.sleep(2)
-    back = await rollout("1", store, versions, embedder, catalog=None, grace_s=3,
+    back = await rollout("1", db, versions, embedder, catalog=None, grace_s=3,
                          progress=False)
     await asyncio.sleep(2)
     await traffic.stop()
     traffic.check_rollout(switched.started + switched.seconds, new=version, old="1")
 
     # Offline evaluation: both versions, the same held-out users, through Milvus.
-    scores = await evaluate(store, ["1", version], percent=HOLDOUT,
+    scores = await evaluate(db, ["1", version], percent=HOLDOUT,
                             user_prefix=f"sim-{SEED}-", progress=False)
     with capsys.disabled():
         print("\n" + render_tallies(tallies, 10) + "\n" + forward.render() + "\n"

@@ -58,7 +58,7 @@ async def test_triton_embedding_equals_in_process_onnxruntime(triton, encoder_se
 
 
 async def test_awkward_encodings_embed_like_their_rgb_decoding(triton, encoder_session):
-    from export.triton_backends import imaging
+    from visrec.export.triton_backends import imaging
 
     spec = {"height": 224, "width": 224, "resize_shorter": 256, "interpolation": "bicubic",
             "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}

@@ -8,9 +8,9 @@ from collections import defaultdict
 
 import grpc
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.support import photo
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 APPLE = "google:1f34e"
 

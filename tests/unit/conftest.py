@@ -3,10 +3,10 @@
 import grpc
 import pytest_asyncio
 
-from gateway.config import GatewayConfig
-from gateway.server import build_gateway
 from tests.unit.fakes import FakeEmbedder, InMemoryStore
 from tests.unit.test_recommender_core import INDEX, _items
+from visrec.gateway.api.server import build_gateway
+from visrec.gateway.config import GatewayConfig
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

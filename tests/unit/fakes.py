@@ -1,27 +1,45 @@
-"""In-memory fakes of the embedder and vector store, for unit tests of the core only."""
+"""In-memory fakes of the ports (visrec.gateway.core.ports), for unit tests of pure logic: the
+core, ingest and the rollout. Integration tests use the real Triton and Milvus instead."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from gateway.domain import Condition, IndexInfo, Interaction, Item, ScoredItem
-from gateway.errors import BackendUnavailable, FailedPrecondition
-from gateway.filters import matches
-from gateway.profiles import UserProfile
+from visrec.gateway.adapters.milvus.schema import item_from_row, users_collection
+from visrec.gateway.core.domain import Condition, IndexInfo, Interaction, Item, ScoredItem
+from visrec.gateway.core.errors import BackendUnavailable, FailedPrecondition, InvalidArgument
+from visrec.gateway.core.filters import matches
+from visrec.gateway.core.profiles import UserProfile
 
 
 class FakeEmbedder:
-    def __init__(self, dim: int = 4, version: str = "1") -> None:
-        self.dim, self.version, self.calls = dim, version, 0
+    """Deterministic vectors from the image bytes; serves the given model versions only and
+    records which version each call asked for. Bytes starting with b"bad" are undecodable."""
+
+    def __init__(self, dim: int = 4, version: str = "1",
+                 versions: Mapping[str, int] | None = None) -> None:
+        self.dim, self.version = dim, version
+        self.dims = dict(versions) if versions is not None else {version: dim}
+        self.calls = 0
+        self.asked: list[str] = []
 
     async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
         self.calls += 1
-        if model_version != self.version:
-            raise FailedPrecondition(f"serves {self.version}, asked {model_version}")
-        rng = np.random.default_rng(len(images[0]))
-        v = rng.normal(size=(len(images), self.dim)).astype(np.float32)
+        self.asked.append(model_version)
+        if model_version not in self.dims:
+            raise FailedPrecondition(f"serves {sorted(self.dims)}, asked {model_version}")
+        if any(image.startswith(b"bad") for image in images):
+            raise InvalidArgument("image rejected: cannot decode image")
+        out = []
+        for image in images:
+            seed = int.from_bytes(image[:8].ljust(8, b"\0"), "little") + len(image)
+            seed += 1000 * int(model_version)
+            out.append(np.random.default_rng(seed).normal(size=self.dims[model_version]))
+        v = np.asarray(out, dtype=np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     async def ready(self) -> bool:
@@ -34,40 +52,74 @@ class FakeEmbedder:
         pass
 
 
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
+
+
 class InMemoryStore:
-    def __init__(self, items: Mapping[str, tuple[Item, np.ndarray]], index: IndexInfo | None):
-        self.items = dict(items)
-        self.index = index
-        self.profiles: dict[str, UserProfile] = {}
+    """The vector database in memory: collections of (item, vector), index records and the
+    active pointer, profiles per model version, the interaction log and popularity.
+    ``InMemoryStore(items, index)`` starts with one active collection."""
+
+    def __init__(self, items: Mapping[str, tuple[Item, np.ndarray]] | None = None,
+                 index: IndexInfo | None = None) -> None:
+        self.collections: dict[str, dict[str, tuple[Item, np.ndarray]]] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.pointer: str | None = None
+        self.profiles_by_collection: dict[str, dict[str, UserProfile]] = {}
         self.events: dict[str, Interaction] = {}
         self.pop: dict[str, float] = {}
         self.down = False  # simulate Milvus being away
+        if index is not None:
+            self.collections[index.collection] = dict(items or {})
+            self.records[index.collection] = {"info": index}
+            self.pointer = index.collection
+
+    # ------------------------------------------------------------------ test conveniences
+    @property
+    def index(self) -> IndexInfo | None:
+        return self.records[self.pointer]["info"] if self.pointer else None
+
+    @property
+    def items(self) -> dict[str, tuple[Item, np.ndarray]]:
+        """The items of the active collection."""
+        return self.collections[self.pointer] if self.pointer else {}
+
+    @property
+    def profiles(self) -> dict[str, UserProfile]:
+        """The profiles beside the active collection."""
+        index = self.index
+        return self.profiles_by_collection.setdefault(
+            users_collection(index), {}) if index else {}
 
     def _check(self) -> None:
         if self.down:
             raise BackendUnavailable("fake Milvus is down")
 
+    def _rows(self, index: IndexInfo) -> dict[str, tuple[Item, np.ndarray]]:
+        return self.collections.get(index.collection, {})
+
+    # ------------------------------------------------------------------ CatalogReads
     async def active_index(self) -> IndexInfo | None:
         self._check()
         return self.index
 
     async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
         self._check()
-        return {i: self.items[i][1] for i in ids if i in self.items}
+        rows = self._rows(index)
+        return {i: rows[i][1] for i in ids if i in rows}
 
     async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]:
-        return {i: self.items[i][0] for i in ids if i in self.items}
+        rows = self._rows(index)
+        return {i: rows[i][0] for i in ids if i in rows}
 
     async def search(self, index: IndexInfo, vector: np.ndarray, k: int,
                      conditions: Sequence[Condition], *,
                      with_vectors: bool = False) -> list[ScoredItem]:
         self._check()
-        hits = [
-            ScoredItem(item, float(np.dot(v, vector) / np.linalg.norm(v) / np.linalg.norm(vector)),
-                       v if with_vectors else None)
-            for item, v in self.items.values()
-            if all(matches(item.value(c.field), c) for c in conditions)
-        ]
+        hits = [ScoredItem(item, _cosine(v, vector), v if with_vectors else None)
+                for item, v in self._rows(index).values()
+                if all(matches(item.value(c.field), c) for c in conditions)]
         return sorted(hits, key=lambda h: (-h.score, h.item.id))[:k]
 
     async def search_many(self, index: IndexInfo, vectors: Sequence[np.ndarray], k: int,
@@ -79,30 +131,163 @@ class InMemoryStore:
     async def sample_items(self, index: IndexInfo, conditions: Sequence[Condition],
                            limit: int) -> list[Item]:
         self._check()
-        return [it for it, _ in self.items.values()
+        return [it for it, _ in self._rows(index).values()
                 if all(matches(it.value(c.field), c) for c in conditions)][:limit]
-
-    async def get_profile(self, index: IndexInfo, user_id: str, *,
-                          for_update: bool = True) -> UserProfile | None:
-        self._check()
-        return self.profiles.get(user_id)
-
-    async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
-        self._check()
-        self.profiles[profile.user_id] = profile
-
-    async def log_interaction(self, event: Interaction) -> None:
-        self._check()
-        self.events[event.event_id] = event
-
-    async def add_popularity(self, item_id: str, weight: float) -> None:
-        self.pop[item_id] = self.pop.get(item_id, 0.0) + weight
 
     async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]:
         return {i: self.pop[i] for i in ids if i in self.pop}
 
     async def most_popular(self, limit: int) -> list[tuple[str, float]]:
         return sorted(self.pop.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+
+    # ------------------------------------------------------------------ UserState, UserLog
+    def _profiles(self, index: IndexInfo) -> dict[str, UserProfile]:
+        return self.profiles_by_collection.setdefault(users_collection(index), {})
+
+    async def get_profile(self, index: IndexInfo, user_id: str, *,
+                          for_update: bool = True) -> UserProfile | None:
+        self._check()
+        return self._profiles(index).get(user_id)
+
+    async def get_profiles(self, index: IndexInfo, user_ids: Sequence[str]
+                           ) -> Mapping[str, UserProfile]:
+        self._check()
+        profiles = self._profiles(index)
+        return {u: profiles[u] for u in user_ids if u in profiles}
+
+    async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
+        self._check()
+        self._profiles(index)[profile.user_id] = profile
+
+    def profile_batches(self, index: IndexInfo, since: float = 0.0,
+                        batch_size: int = 512) -> Iterator[list[UserProfile]]:
+        chosen = [p for p in self._profiles(index).values() if p.updated_at >= since]
+        for start in range(0, len(chosen), batch_size):
+            yield chosen[start:start + batch_size]
+
+    async def log_interaction(self, event: Interaction) -> None:
+        self._check()
+        self.events[event.event_id] = event
+
+    def interactions(self) -> list[Interaction]:
+        return sorted(self.events.values(), key=lambda e: (e.at, e.event_id))
+
+    async def add_popularity(self, item_id: str, weight: float) -> None:
+        self.pop[item_id] = self.pop.get(item_id, 0.0) + weight
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeItemWriter:
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+        self.upserts = 0
+
+    def upsert(self, collection: str, rows: Sequence[dict[str, Any]]) -> None:
+        self.store._check()
+        if collection not in self.store.collections:
+            raise BackendUnavailable(f"collection {collection} does not exist")
+        self.upserts += 1
+        for row in rows:
+            fingerprint = row["attributes"].get("_fp", "")
+            self.store.collections[collection][row["id"]] = (
+                item_from_row(row), np.asarray(row["vector"], dtype=np.float32))
+            self.store.records.setdefault(f"fp:{collection}", {})[row["id"]] = fingerprint
+
+    def flush(self, collection: str) -> None:
+        pass
+
+    def fingerprints(self, collection: str) -> dict[str, str]:
+        rows = self.store.collections.get(collection, {})
+        stored = self.store.records.get(f"fp:{collection}", {})
+        return {i: stored.get(i, "") for i in rows}
+
+
+class FakeIndexAdmin:
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+        self.switches: list[str] = []
+
+    def ensure_items_collection(self, collection: str, dim: int) -> None:
+        self.store.collections.setdefault(collection, {})
+
+    def has_collection(self, collection: str) -> bool:
+        return collection in self.store.collections
+
+    def count(self, collection: str) -> int:
+        return len(self.store.collections.get(collection, {}))
+
+    def vector_dim(self, collection: str) -> int:
+        rows = self.store.collections[collection]
+        return int(next(iter(rows.values()))[1].shape[0]) if rows else 0
+
+    def item_vectors(self, collection: str) -> tuple[list[str], np.ndarray]:
+        rows = self.store.collections[collection]
+        ids = sorted(rows)
+        return ids, np.asarray([rows[i][1] for i in ids], dtype=np.float32)
+
+    def write_index_record(self, info: IndexInfo,
+                           extra: Mapping[str, Any] | None = None) -> None:
+        self.store.records[info.collection] = {"info": info, **copy.deepcopy(dict(extra or {}))}
+
+    def read_index_record(self, collection: str) -> dict[str, Any] | None:
+        record = self.store.records.get(collection)
+        if record is None or "info" not in record:
+            return None
+        info: IndexInfo = record["info"]
+        return {"collection": info.collection, "model_version": info.model_version,
+                "dim": info.dim, "facets": dict(info.facets), "count": info.count,
+                **{k: v for k, v in record.items() if k != "info"}}
+
+    def index_info(self, collection: str) -> IndexInfo | None:
+        record = self.store.records.get(collection)
+        return record["info"] if record and "info" in record else None
+
+    def active_index(self) -> IndexInfo | None:
+        return self.store.index
+
+    def activate(self, collection: str) -> None:
+        self.store._check()
+        self.switches.append(collection)
+        self.store.pointer = collection
+
+    def point_alias(self, alias: str, collection: str) -> bool:
+        return False  # like Milvus Lite
+
+
+class FakeDatabase:
+    """Every role over one in-memory store, like visrec.gateway.adapters.milvus.MilvusDatabase."""
+
+    def __init__(self, store: InMemoryStore | None = None) -> None:
+        self.store = store or InMemoryStore()
+        self.items = FakeItemWriter(self.store)
+        self.admin = FakeIndexAdmin(self.store)
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeTritonVersions:
+    """The rollout's view of Triton: which versions are loaded; ``refuse`` makes loading a
+    version fail as a replica without its files would."""
+
+    def __init__(self, loaded: Sequence[str] = ("1",), refuse: Sequence[str] = ()) -> None:
+        self.loaded = list(loaded)
+        self.refuse = set(refuse)
+        self.history: list[list[str]] = []
+
+    async def ready(self, model: str = "image_embedding") -> list[str]:
+        return sorted(self.loaded, key=int)
+
+    async def serve(self, versions: Sequence[str]) -> None:
+        from visrec.export.indexing.triton_versions import RolloutError
+
+        self.history.append(sorted(versions, key=int))
+        bad = sorted(set(versions) & self.refuse)
+        if bad:
+            raise RolloutError(f"Triton cannot load image_embedding version(s) {bad}")
+        self.loaded = sorted(versions, key=int)
 
     async def close(self) -> None:
         pass

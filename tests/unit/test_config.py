@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig
+from visrec.gateway.config import ConfigError, GatewayConfig
 
 
 def test_defaults_are_valid():

@@ -16,8 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import GatewayConfig
 from tests.support import ROOT
+from visrec.gateway.config import GatewayConfig
 
 K8S_VERSION = "1.31.0"
 # Custom resources: no schema in kubernetes-validate. Skipped by name, nothing else is.

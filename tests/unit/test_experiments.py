@@ -1,7 +1,7 @@
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig
-from gateway.experiments import ExperimentConfigError, parse_experiment
+from visrec.gateway.config import ConfigError, GatewayConfig
+from visrec.gateway.core.experiments import ExperimentConfigError, parse_experiment
 
 ARMS = "control=similarity:50, diverse=mmr(0.7):30, pop=similarity|popularity(0.2):20"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import repository as repo
-from export.backbones import PreprocessSpec
-from export.cli import build_parser
-from export.errors import ExportError
+from visrec.export import repository as repo
+from visrec.export.backbones import PreprocessSpec
+from visrec.export.cli import build_parser
+from visrec.export.errors import ExportError
 
 SPEC = PreprocessSpec(224, 224, 256, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPTS = repo.ServingOptions()
@@ -103,7 +103,7 @@ def test_every_flag_is_explained_in_help():
 
 def test_tensorrt_target_without_tensorrt_stops_with_a_message_not_a_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "export.cli", "--target", "gpu-tensorrt",
+        [sys.executable, "-m", "visrec.export.cli", "--target", "gpu-tensorrt",
          "--repository", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
@@ -114,7 +114,7 @@ def test_tensorrt_target_without_tensorrt_stops_with_a_message_not_a_traceback(t
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "export.cli", "--weights", str(tmp_path / "nope.pth"),
+        [sys.executable, "-m", "visrec.export.cli", "--weights", str(tmp_path / "nope.pth"),
          "--repository", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.domain import AnyOf, Equals, IndexInfo, Range
-from gateway.errors import InvalidArgument
-from gateway.filters import MAX_CONDITIONS, validate
-from gateway.milvus_expr import compile_filter, quote
+from visrec.gateway.adapters.milvus.expr import compile_filter, quote
+from visrec.gateway.core.domain import AnyOf, Equals, IndexInfo, Range
+from visrec.gateway.core.errors import InvalidArgument
+from visrec.gateway.core.filters import MAX_CONDITIONS, validate
 
 INDEX = IndexInfo("items_v1", "1", 4, {"vendor": "string", "added_in": "number"})
 

@@ -1,8 +1,8 @@
 import pytest
 
-from gateway.errors import InvalidArgument
-from gateway.images import check_image
 from tests.support import bomb_png, encode, photo, truncated_png
+from visrec.gateway.core.errors import InvalidArgument
+from visrec.gateway.core.images import check_image
 
 LIMITS = {"max_bytes": 10 * 1024 * 1024, "max_pixels": 40_000_000}
 

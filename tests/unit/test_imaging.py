@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.triton_backends import imaging
 from tests.support import bomb_png, encode, odd_images, photo, truncated_png
+from visrec.export.triton_backends import imaging
 
 SPEC = {"height": 224, "width": 224, "resize_shorter": 256, "interpolation": "bicubic",
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 import yaml
 
-from gateway.dashboards import dashboards, queries
-from gateway.prometheus_local import local_config
 from tests.support import ROOT
+from visrec.local.panels import dashboards, queries
+from visrec.local.prometheus_server import local_config
 
 PROM = ROOT / "monitoring" / "prometheus"
 

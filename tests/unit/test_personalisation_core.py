@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from gateway.active_index import ActiveIndex
-from gateway.domain import Equals, IndexInfo, Item
-from gateway.errors import InvalidArgument, NotFound
-from gateway.experiments import parse_experiment
-from gateway.popular import PopularItems
-from gateway.recommender import Personalisation, RecommenderCore
 from tests.unit.fakes import FakeEmbedder, InMemoryStore
+from visrec.gateway.core.active_index import ActiveIndex
+from visrec.gateway.core.domain import Equals, IndexInfo, Item
+from visrec.gateway.core.errors import InvalidArgument, NotFound
+from visrec.gateway.core.experiments import parse_experiment
+from visrec.gateway.core.popular import PopularItems
+from visrec.gateway.core.recommender import Personalisation, RecommenderCore
 
 INDEX = IndexInfo("items_v1", "1", 3, {"vendor": "string"}, 0)
 

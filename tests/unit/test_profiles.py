@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gateway.profiles import (
+from visrec.gateway.core.profiles import (
     RECENT_EVENTS,
     WeightsError,
     apply_interaction,

@@ -1,12 +1,14 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
-from gateway.active_index import ActiveIndex
-from gateway.domain import AnyOf, Equals, IndexInfo, Item, Range
-from gateway.errors import FailedPrecondition, InvalidArgument, NotFound
-from gateway.recommender import Limits, RecommenderCore
 from tests.support import bomb_png, photo
 from tests.unit.fakes import FakeEmbedder, InMemoryStore
+from visrec.gateway.core.active_index import ActiveIndex
+from visrec.gateway.core.domain import AnyOf, Equals, IndexInfo, Item, Range
+from visrec.gateway.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from visrec.gateway.core.recommender import Limits, RecommenderCore
 
 INDEX = IndexInfo("items_v1", "1", 4, {"vendor": "string", "added_in": "number"}, 6)
 
@@ -93,10 +95,18 @@ async def test_bad_images_are_refused_before_embedding(image, message):
 
 
 async def test_search_by_image_uses_the_model_version_of_the_active_index():
+    """The fake serves both versions: only the version the core asks for can pass."""
+    index_v2 = dataclasses.replace(INDEX, collection="items_v2", model_version="2")
+    c, emb = core(index=index_v2, embedder=FakeEmbedder(versions={"1": 4, "2": 4}))
+    await c.search_by_image(photo(), 3)
+    assert emb.asked == ["2"]
+
+
+async def test_search_by_image_fails_when_triton_lacks_the_index_version():
     c, emb = core(embedder=FakeEmbedder(version="2"))
-    with pytest.raises(FailedPrecondition, match="serves 2"):
+    with pytest.raises(FailedPrecondition, match="asked 1"):
         await c.search_by_image(photo(), 3)
-    assert emb.calls == 1
+    assert emb.asked == ["1"]
 
 
 async def test_search_by_image_refuses_dimension_mismatch():

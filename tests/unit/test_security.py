@@ -11,14 +11,14 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway._pb.visrec.v1 import recommender_pb2 as pb
-from gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from gateway.config import ConfigError, GatewayConfig
-from gateway.security import SecurityConfigError, TokenBuckets, load_tokens
-from gateway.server import build_gateway
 from tests.support import photo
 from tests.unit.fakes import FakeEmbedder, InMemoryStore
 from tests.unit.test_recommender_core import INDEX, _items
+from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.gateway.api.security import SecurityConfigError, TokenBuckets, load_tokens
+from visrec.gateway.api.server import build_gateway
+from visrec.gateway.config import ConfigError, GatewayConfig
 
 TOKEN = "s3cret-token-0123456789"
 OTHER = "another-token-abcdefghij"
@@ -130,7 +130,7 @@ async def test_tls_serves_trusting_clients_and_refuses_plaintext(pki):
                     pb.SimilarItemsRequest(item_id="i0", k=1), timeout=3)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.healthcheck", "--address", address,
+            sys.executable, "-m", "visrec.gateway.api.healthcheck", "--address", address,
             "--service", "liveness", "--tls-ca", str(pki / "ca.pem"),
             stdout=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()

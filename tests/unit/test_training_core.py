@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.errors import ExportError
-from export.train import TrainConfig, positive_pairs, train_head
-from gateway.domain import Interaction
-from gateway.evaluate import cases, held_out, ndcg_at, recall_at
+from visrec.export.errors import ExportError
+from visrec.export.training.evaluate import ndcg_at, recall_at
+from visrec.export.training.holdout import cases, held_out
+from visrec.export.training.train import TrainConfig, positive_pairs, train_head
+from visrec.gateway.core.domain import Interaction
 
 
 def test_positive_pairs_are_every_ordered_pair_of_distinct_items_per_basket():

@@ -1,0 +1,232 @@
+"""visrec-ingest: catalog JSONL + images -> Triton image_embedding -> Milvus items_v<N>.
+
+Reading, embedding and inserting are pipelined (several Triton batches in flight while earlier
+ones are written to Milvus). The collection is bound to the model version that embedded it, and
+the active pointer is switched only once the collection is complete and counted. Interrupted
+runs resume: ids already in the collection are not embedded again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.indexing.catalog_file import CatalogFormatError, CatalogRow, read_catalog
+from visrec.gateway.adapters.milvus import schema
+from visrec.gateway.config import ConfigError
+from visrec.gateway.core.domain import IndexInfo
+from visrec.gateway.core.errors import InvalidArgument, VisrecError
+from visrec.gateway.core.ports import Embedder, IndexAdmin, ItemWriter
+
+__all__ = ["CatalogFormatError", "IngestReport", "ingest", "main"]
+
+log = logging.getLogger("visrec.ingest")
+
+
+@dataclass
+class IngestReport:
+    collection: str = ""
+    model_version: str = ""
+    total: int = 0
+    embedded: int = 0
+    reused: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    seconds: float = 0.0
+    activated: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def _batches(rows: Sequence[CatalogRow], size: int) -> Iterator[Sequence[CatalogRow]]:
+    for i in range(0, len(rows), size):
+        yield rows[i:i + size]
+
+
+def _row_for_milvus(row: CatalogRow, vector: np.ndarray) -> dict[str, Any]:
+    return schema.item_row(row.item(), vector, row.fingerprint())
+
+
+async def _embed_batch(embedder: Embedder, batch: Sequence[CatalogRow], version: str,
+                       report: IngestReport) -> list[tuple[CatalogRow, np.ndarray]]:
+    images = []
+    readable: list[CatalogRow] = []
+    for row in batch:
+        try:
+            images.append(await asyncio.to_thread(row.image.read_bytes))
+            readable.append(row)
+        except OSError as e:
+            report.skipped.append((row.id, f"cannot read {row.image}: {e.strerror}"))
+    if not readable:
+        return []
+    try:
+        vectors = await embedder.embed(images, model_version=version)
+        return list(zip(readable, vectors, strict=True))
+    except InvalidArgument:
+        # One bad image fails its whole request: isolate it by embedding one by one.
+        out = []
+        for row, data in zip(readable, images, strict=True):
+            try:
+                out.append((row, (await embedder.embed([data], model_version=version))[0]))
+            except InvalidArgument as e:
+                report.skipped.append((row.id, str(e)))
+        return out
+
+
+async def ingest(
+    catalog: Path,
+    admin: IndexAdmin,
+    writer: ItemWriter,
+    embedder: Embedder,
+    *,
+    model_version: str | None = None,
+    batch_size: int = 32,
+    concurrency: int = 4,
+    activate: bool = True,
+    progress: bool = True,
+) -> IngestReport:
+    rows, facets, digest = read_catalog(catalog)
+    version = model_version or await embedder.served_version()
+    if version is None:
+        raise VisrecError("Triton serves no image_embedding version")
+    collection = schema.items_collection(version)
+    report = IngestReport(collection=collection, model_version=version, total=len(rows))
+    start = time.perf_counter()
+
+    record = await asyncio.to_thread(admin.read_index_record, collection)
+    complete = (record is not None and record.get("catalog_sha256") == digest
+                and record.get("count") == len(rows))
+    existing = await asyncio.to_thread(writer.fingerprints, collection)
+    if complete and len(existing) >= len(rows):
+        report.reused = len(rows)
+    else:
+        # New rows, and rows whose line or image changed since they were embedded.
+        todo = [r for r in rows if existing.get(r.id, "") != r.fingerprint()]
+        report.reused = len(rows) - len(todo)
+        dim: int | None = None
+        bar = tqdm(total=len(rows), initial=report.reused, unit="img", disable=not progress,
+                   desc=f"ingest -> {collection}", file=sys.stderr, dynamic_ncols=True)
+        pending: set[asyncio.Task[list[tuple[CatalogRow, np.ndarray]]]] = set()
+        writes: list[asyncio.Task[None]] = []
+        batches = _batches(todo, batch_size)
+
+        async def write(done: list[tuple[CatalogRow, np.ndarray]]) -> None:
+            await asyncio.to_thread(writer.upsert, collection,
+                                    [_row_for_milvus(r, v) for r, v in done])
+
+        while True:
+            while len(pending) < concurrency and (batch := next(batches, None)) is not None:
+                pending.add(asyncio.create_task(_embed_batch(embedder, batch, version, report)))
+            if not pending:
+                break
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                done = task.result()
+                if not done:
+                    continue
+                if dim is None:
+                    dim = int(done[0][1].shape[0])
+                    await asyncio.to_thread(admin.ensure_items_collection, collection, dim)
+                writes.append(asyncio.create_task(write(done)))
+                report.embedded += len(done)
+                bar.update(len(done))
+        await asyncio.gather(*writes)
+        bar.close()
+        if dim is None and not existing:
+            raise VisrecError("no image of the catalog could be embedded")
+    report.seconds = time.perf_counter() - start
+
+    expected = len(rows) - len(report.skipped)
+    await asyncio.to_thread(writer.flush, collection)
+    count = await asyncio.to_thread(admin.count, collection)
+    if count < expected:
+        raise VisrecError(f"{collection} holds {count} items, expected {expected}")
+    dim_now = await asyncio.to_thread(admin.vector_dim, collection)
+    info = IndexInfo(collection, version, dim_now, facets, count)
+    await asyncio.to_thread(admin.write_index_record, info, {
+        "catalog": str(catalog), "catalog_sha256": digest if not report.skipped else "",
+        "skipped": len(report.skipped),
+    })
+    if activate:
+        await asyncio.to_thread(admin.activate, collection)
+        report.activated = True
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = JobsConfig.from_env()
+    except ConfigError as e:
+        print(f"visrec-ingest: configuration error: {e}", file=sys.stderr)
+        return 2
+    p = argparse.ArgumentParser(
+        prog="visrec-ingest",
+        description="Embed a catalog's images through Triton's image_embedding model and "
+                    "write them, with their fields, into the Milvus collection items_v<N> of the "
+                    "served model version N; then make it the active index. Resumable and "
+                    "idempotent: items already in the collection are not embedded again.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--catalog", type=Path, default=config.catalog_path,
+                   help="JSONL: one object per item with id, image (path relative to the file), "
+                        "name, category, subcategory; other keys become filterable attributes "
+                        "(VISREC_CATALOG)")
+    add_service_arguments(p, config)
+    p.add_argument("--model-version", default=None,
+                   help="image_encoder version to embed with (default: the one Triton serves)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per Triton request")
+    p.add_argument("--concurrency", type=int, default=4, help="Triton requests in flight")
+    p.add_argument("--no-activate", dest="activate", action="store_false",
+                   help="fill the collection but leave the active pointer where it is")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.concurrency < 1:
+        p.error("--batch-size and --concurrency must be >= 1")
+    if not args.catalog.is_file():
+        p.error(f"catalog {args.catalog} not found (build the demo one with visrec-catalog)")
+    config = with_arguments(config, args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)
+
+    async def run() -> IngestReport:
+        db = config.milvus()
+        embedder = config.embedder()
+        try:
+            return await ingest(args.catalog, db.admin, db.items, embedder,
+                                model_version=args.model_version, batch_size=args.batch_size,
+                                concurrency=args.concurrency, activate=args.activate,
+                                progress=not args.quiet)
+        finally:
+            await embedder.close()
+            await db.close()
+
+    try:
+        report = asyncio.run(run())
+    except (CatalogFormatError, VisrecError) as e:
+        print(f"visrec-ingest: error: {e}", file=sys.stderr)
+        return 1
+    for item_id, reason in report.skipped[:20]:
+        print(f"skipped {item_id}: {reason}", file=sys.stderr)
+    print(
+        f"{report.collection} (model version {report.model_version}): {report.total} items, "
+        f"{report.embedded} embedded ({report.images_per_s:.0f} img/s), {report.reused} already "
+        f"there, {len(report.skipped)} skipped"
+        + ("; now the active index" if report.activated else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

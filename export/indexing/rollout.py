@@ -1,0 +1,270 @@
+"""visrec-rollout: serve model version M without ever comparing embeddings of two versions.
+
+    load M in Triton beside N  ->  re-embed the catalog into items_v<M>  ->  verify it
+    ->  carry user profiles over  ->  switch the active pointer (and the Milvus alias)
+    ->  grace period  ->  unload N
+
+Gateways pin the version of the active index in every Triton request and follow the pointer
+within a second, so requests in flight finish on N and new ones start on M. Rolling back is
+the same command towards the old version: its collection is still there, so nothing is
+re-embedded. Every step is idempotent: a rollout killed at any point leaves N serving, and
+running it again completes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.indexing.ingest import CatalogFormatError, IngestReport, ingest
+from visrec.export.indexing.triton_versions import RolloutError, TritonVersions
+from visrec.gateway.adapters.milvus.schema import items_collection
+from visrec.gateway.config import ConfigError
+from visrec.gateway.core.domain import IndexInfo
+from visrec.gateway.core.errors import VisrecError
+from visrec.gateway.core.ports import Database, Embedder, IndexAdmin, JobStore
+
+log = logging.getLogger("visrec.rollout")
+ALIAS = "visrec_items"
+
+
+@dataclass
+class Step:
+    name: str
+    started: float
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class Timeline:
+    to_version: str
+    from_version: str | None
+    steps: list[Step] = field(default_factory=list)
+    ingest: IngestReport | None = None
+
+    def render(self) -> str:
+        t0 = self.steps[0].started if self.steps else 0.0
+        lines = [f"rollout {self.from_version or '-'} -> {self.to_version}"]
+        for s in self.steps:
+            lines.append(f"  +{s.started - t0:7.1f}s  {s.name:<14} {s.seconds:7.1f}s  {s.detail}")
+        return "\n".join(lines)
+
+
+async def verify(admin: IndexAdmin, store: JobStore, info: IndexInfo, expected: int,
+                 sample: int, seed: int = 0) -> str:
+    """Row count equals the catalog; a random sample of items find themselves first."""
+    count = await asyncio.to_thread(admin.count, info.collection)
+    if count != expected:
+        raise RolloutError(f"{info.collection} holds {count} items, the catalog {expected}")
+    rows = await store.sample_items(info, (), min(max(sample * 4, 200), 16384))
+    picked = random.Random(seed).sample([r.id for r in rows], min(sample, len(rows)))
+    vectors = await store.get_vectors(info, picked)
+    results = await store.search_many(info, [vectors[i] for i in picked], 1, ())
+    misses = [i for i, hits in zip(picked, results, strict=True)
+              if not hits or (hits[0].item.id != i and hits[0].score < 0.9999)]
+    if misses:
+        raise RolloutError(f"{len(misses)} of {len(picked)} sampled items of {info.collection} "
+                           f"do not find themselves first (e.g. {misses[:3]})")
+    return f"{count} items; {len(picked)} sampled items find themselves first"
+
+
+async def carry_profiles(store: JobStore, src: IndexInfo, dst: IndexInfo,
+                         since: float = 0.0, rate: float = 0.3) -> int:
+    """Rebuild profiles in ``dst``'s space from their recent items (oldest first, as clicks).
+    A profile ``dst`` already holds a newer state of is left alone."""
+    moved = 0
+    batches = await asyncio.to_thread(lambda: list(store.profile_batches(src, since)))
+    for batch in batches:
+        existing = await store.get_profiles(dst, [p.user_id for p in batch])
+        todo = [p for p in batch if p.user_id not in existing
+                or existing[p.user_id].updated_at < p.updated_at]
+        ids = sorted({i for p in todo for i in p.recent_items})
+        vectors: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), 1000):
+            vectors.update(await store.get_vectors(dst, ids[start:start + 1000]))
+        for profile in todo:
+            vector: np.ndarray | None = None
+            for item_id in reversed(profile.recent_items):
+                v = vectors.get(item_id)
+                if v is not None:
+                    vector = v if vector is None else (1 - rate) * vector + rate * v
+            await store.put_profile(dst, replace(profile, vector=vector))
+            moved += 1
+    return moved
+
+
+async def rollout(
+    to_version: str,
+    db: Database,
+    triton: TritonVersions,
+    embedder: Embedder,
+    *,
+    catalog: Path | None,
+    grace_s: float = 30.0,
+    sample: int = 50,
+    alias: str = ALIAS,
+    progress: bool = True,
+    on_step: Callable[[Step], None] | None = None,
+) -> Timeline:
+    current = await asyncio.to_thread(db.admin.active_index)
+    from_version = current.model_version if current else None
+    timeline = Timeline(to_version, from_version)
+    collection = items_collection(to_version)
+
+    async def step(name: str, work: Callable[[], Any]) -> Any:
+        s = Step(name, time.time())
+        log.info("%s ...", name)
+        t = time.perf_counter()
+        result = await work()
+        s.seconds = time.perf_counter() - t
+        s.detail = result if isinstance(result, str) else s.detail
+        timeline.steps.append(s)
+        if on_step is not None:
+            on_step(s)
+        return result
+
+    serving = [v for v in {from_version, to_version} if v is not None]
+
+    async def load() -> str:
+        await triton.serve(serving)
+        return f"Triton serves image_embedding versions {', '.join(sorted(serving, key=int))}"
+
+    await step("load", load)
+
+    async def reembed() -> str:
+        record = await asyncio.to_thread(db.admin.read_index_record, collection)
+        if catalog is None:
+            if record is None:
+                raise RolloutError(f"{collection} does not exist: give --catalog to build it")
+            return f"{collection} exists ({record.get('count')} items); nothing to embed"
+        timeline.ingest = await ingest(catalog, db.admin, db.items, embedder,
+                                       model_version=to_version,
+                                       activate=False, progress=progress)
+        r = timeline.ingest
+        return (f"{r.embedded} embedded ({r.images_per_s:.0f} img/s), {r.reused} already there, "
+                f"{len(r.skipped)} skipped")
+
+    await step("re-embed", reembed)
+    info = await asyncio.to_thread(db.admin.index_info, collection)
+    if info is None:
+        raise RolloutError(f"{collection} has no index record")
+    expected = (timeline.ingest.total - len(timeline.ingest.skipped) if timeline.ingest
+                else info.count)
+    await step("verify", lambda: verify(db.admin, db.store, info, expected, sample))
+
+    carried_at = time.time()
+    if current is not None and current.collection != collection:
+        async def profiles() -> str:
+            return f"{await carry_profiles(db.store, current, info)} profiles rebuilt"
+
+        await step("profiles", profiles)
+
+    async def switch() -> str:
+        await asyncio.to_thread(db.admin.activate, collection)
+        aliased = await asyncio.to_thread(db.admin.point_alias, alias, collection)
+        return f"active index -> {collection}" + (f"; alias {alias} moved" if aliased else
+                                                  " (no aliases on Milvus Lite)")
+
+    await step("switch", switch)
+    if current is not None and current.collection != collection:
+        async def catch_up() -> str:
+            n = await carry_profiles(db.store, current, info, since=carried_at - 1.0)
+            return f"{n} profiles updated during the rollout carried over"
+
+        await step("catch-up", catch_up)
+
+        async def grace() -> str:
+            await asyncio.sleep(grace_s)
+            return f"{grace_s:.0f}s for gateways to follow and in-flight requests to finish"
+
+        await step("grace", grace)
+
+    async def unload() -> str:
+        await triton.serve([to_version])
+        return f"Triton serves image_embedding version {to_version} only"
+
+    await step("unload", unload)
+    return timeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = JobsConfig.from_env()
+    except ConfigError as e:
+        print(f"visrec-rollout: configuration error: {e}", file=sys.stderr)
+        return 2
+    p = argparse.ArgumentParser(
+        prog="visrec-rollout",
+        description=(__doc__ or "").split("\n\n")[0] + ". Rolling back is --to <old version>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--to", dest="to_version", required=False,
+                   help="model version to serve (exported with visrec-export)")
+    p.add_argument("--catalog", type=Path, default=None,
+                   help="catalog to re-embed into items_v<version> (not needed to roll back "
+                        "to a version whose collection exists)")
+    add_service_arguments(p, config)
+    p.add_argument("--grace-s", type=float, default=30.0,
+                   help="wait after the switch before the old version is unloaded (more than "
+                        "VISREC_INDEX_REFRESH_S plus the slowest request)")
+    p.add_argument("--verify-sample", type=int, default=50,
+                   help="items that must find themselves first in the new collection")
+    p.add_argument("--alias", default=ALIAS, help="Milvus alias moved with the pointer "
+                   "(Milvus server only)")
+    p.add_argument("--status", action="store_true",
+                   help="print the active index and the versions Triton serves, then exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if not args.status and not args.to_version:
+        p.error("--to VERSION is required (or --status)")
+    if args.to_version is not None and not args.to_version.isdigit():
+        p.error("--to takes a version number")
+    if args.catalog is not None and not args.catalog.is_file():
+        p.error(f"catalog {args.catalog} not found")
+    config = with_arguments(config, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)
+
+    async def run() -> int:
+        db = config.milvus()
+        triton = TritonVersions(config.triton_url, config.job_triton_timeout_s)
+        embedder = config.embedder()
+        try:
+            if args.status:
+                active = await asyncio.to_thread(db.admin.active_index)
+                print(f"active index: {active.collection if active else '-'} (model version "
+                      f"{active.model_version if active else '-'}); Triton serves "
+                      f"image_embedding {', '.join(await triton.ready()) or 'nothing'}")
+                return 0
+            timeline = await rollout(args.to_version, db, triton, embedder,
+                                     catalog=args.catalog, grace_s=args.grace_s,
+                                     sample=args.verify_sample, alias=args.alias,
+                                     progress=not args.quiet)
+            print(timeline.render())
+            return 0
+        finally:
+            await embedder.close()
+            await triton.close()
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except (RolloutError, CatalogFormatError, VisrecError) as e:
+        print(f"visrec-rollout: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

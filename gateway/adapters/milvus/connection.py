@@ -1,0 +1,154 @@
+"""One Milvus client shared by the role adapters (serving reads, user state, item writer, index
+administration), with the plumbing they all need.
+
+Works the same on Milvus Lite (a local ``*.db`` path) and on a Milvus server
+(``http://host:19530``). pymilvus' client is synchronous: async callers run calls in worker
+threads, each with a deadline. Library exceptions are translated here, at the edge, into the
+service's own errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from visrec.gateway.core.errors import BackendTimeout, BackendUnavailable, VisrecError
+
+T = TypeVar("T")
+
+with warnings.catch_warnings():
+    # milvus-lite 2.5.1 imports the deprecated pkg_resources; import it once, quietly, here.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    import pymilvus  # noqa: F401  (configures its own loggers on import: do it before ours)
+
+    try:
+        import milvus_lite  # noqa: F401
+    except ImportError:  # a server-only install
+        pass
+
+
+class MilvusConnection:
+    """A lazily opened ``MilvusClient``; ``call`` (blocking) and ``run`` (async) execute one
+    function of the client with errors translated; remembers which collections it loaded."""
+
+    def __init__(self, uri: str, token: str = "", timeout_s: float = 5.0) -> None:
+        self.uri = uri
+        self.timeout = timeout_s
+        self._token = token
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._loaded: set[str] = set()
+        self._created: set[str] = set()
+
+    def _connect(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                from pymilvus import MilvusClient
+
+                # pymilvus shares one connection per (uri, credentials) within a process and
+                # close() tears it down for every client: each connection gets its own alias.
+                self._client = MilvusClient(uri=self.uri, token=self._token,
+                                            timeout=self.timeout,
+                                            alias=f"visrec-{uuid.uuid4().hex}")
+            return self._client
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(client, *args, **kwargs)`` in this thread, translating library errors."""
+        from pymilvus.exceptions import MilvusException
+
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return fn(self._connect(), *args, **kwargs)
+        except VisrecError:
+            raise
+        except MilvusException as e:
+            text = f"Milvus ({self.uri}): {getattr(e, 'message', e)}"
+            if "not loaded" in text:
+                # A restarted server comes back with its collections released and loads them
+                # itself (~25 s on 2.3.5); forget ours so a collection it does not reload is
+                # loaded by the next call.
+                self.forget_collections()
+            if "timeout" in text.lower() or "deadline" in text.lower():
+                raise BackendTimeout(text) from e
+            raise BackendUnavailable(text) from e
+        except (ConnectionError, OSError, RuntimeError) as e:
+            raise BackendUnavailable(f"Milvus ({self.uri}) unreachable: {e}") from e
+        except Exception as e:  # grpc.RpcError and friends
+            if type(e).__module__.startswith("grpc"):
+                raise BackendUnavailable(f"Milvus ({self.uri}): {e}") from e
+            raise
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` in a worker thread, with a deadline of the timeout plus a second."""
+        work = functools.partial(self.call, fn, *args, **kwargs)
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(self.timeout + 1.0):
+                return await asyncio.to_thread(work)
+        except TimeoutError as e:
+            raise BackendTimeout(f"Milvus ({self.uri}) did not answer within "
+                                 f"{self.timeout:.1f}s") from e
+
+    # ------------------------------------------------------------------ collections
+    def forget_collections(self) -> None:
+        self._loaded.clear()
+        self._created.clear()
+
+    def ensure_loaded(self, c: Any, collection: str) -> None:
+        if collection not in self._loaded:
+            c.load_collection(collection, timeout=self.timeout)
+            self._loaded.add(collection)
+
+    def ensure(self, c: Any, collection: str, build: Callable[[Any], None]) -> None:
+        """Create ``collection`` with ``build`` when it does not exist, and load it."""
+        if collection in self._created:
+            return
+        if not c.has_collection(collection, timeout=self.timeout):
+            build(c)
+        self.ensure_loaded(c, collection)
+        self._created.add(collection)
+
+    def exists(self, c: Any, collection: str) -> bool:
+        """Whether ``collection`` exists (cached once this connection made or loaded it)."""
+        return collection in self._created or bool(
+            c.has_collection(collection, timeout=self.timeout))
+
+    def scan(self, c: Any, collection: str, fields: list[str], batch_size: int = 4096,
+             expr: str = "") -> Iterator[dict[str, Any]]:
+        """Every row of a loaded collection (matching ``expr``), in query-iterator batches."""
+        it = c.query_iterator(collection, batch_size=batch_size, filter=expr,
+                              output_fields=fields, timeout=self.timeout)
+        try:
+            while batch := it.next():
+                yield from batch
+        finally:
+            it.close()
+
+    # ------------------------------------------------------------------ shutdown
+    def _wait_idle(self) -> None:
+        """Calls abandoned by a cancelled task still run in their thread: let them finish
+        (boundedly) before the client is closed under them."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.timeout + 1.0)
+
+    def close_sync(self) -> None:
+        self._wait_idle()
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.close_sync)

@@ -1,0 +1,145 @@
+"""The gateway's reads: the active index, items and their vectors, ANN search, popularity."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from visrec.gateway.adapters.milvus import schema
+from visrec.gateway.adapters.milvus.connection import MilvusConnection
+from visrec.gateway.adapters.milvus.expr import compile_filter, quote
+from visrec.gateway.core.domain import Condition, IndexInfo, Item, ScoredItem
+from visrec.gateway.core.errors import BackendUnavailable
+
+
+def read_meta(db: MilvusConnection, c: Any, key: str) -> dict[str, Any] | None:
+    """One record of the metadata collection (Strong: a pointer switch is seen at once)."""
+    if not c.has_collection(schema.META_COLLECTION, timeout=db.timeout):
+        return None
+    db.ensure_loaded(c, schema.META_COLLECTION)
+    rows = c.query(schema.META_COLLECTION, filter=f"id == {quote(key)}",
+                   output_fields=["value"], consistency_level="Strong", timeout=db.timeout)
+    return schema.meta_value(rows[0]) if rows else None
+
+
+def read_active_index(db: MilvusConnection, c: Any) -> IndexInfo | None:
+    pointer = read_meta(db, c, schema.POINTER_KEY)
+    if pointer is None:
+        return None
+    record = read_meta(db, c, schema.index_key(pointer["collection"]))
+    if record is None:
+        raise BackendUnavailable(
+            f"the active pointer names {pointer['collection']}, which has no index record")
+    info = schema.index_info(record)
+    db.ensure_loaded(c, info.collection)
+    return info
+
+
+def _in(ids: Sequence[str]) -> str:
+    return f"id in [{', '.join(quote(i) for i in ids)}]"
+
+
+class MilvusServingStore:
+    def __init__(self, db: MilvusConnection) -> None:
+        self._db = db
+
+    @property
+    def uri(self) -> str:
+        return self._db.uri
+
+    async def active_index(self) -> IndexInfo | None:
+        return await self._db.run(lambda c: read_active_index(self._db, c))
+
+    async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
+        # Not MilvusClient.get(): it quotes string ids without escaping them.
+        def call(c: Any) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = c.query(index.collection, filter=_in(ids),
+                                                 output_fields=["id", "vector"],
+                                                 timeout=self._db.timeout)
+            return rows
+
+        rows = await self._db.run(call)
+        return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
+    async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]:
+        def call(c: Any) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = c.query(index.collection, filter=_in(ids),
+                                                 output_fields=schema.ITEM_FIELDS,
+                                                 timeout=self._db.timeout)
+            return rows
+
+        return {r["id"]: schema.item_from_row(r) for r in await self._db.run(call)}
+
+    async def search(self, index: IndexInfo, vector: np.ndarray, k: int,
+                     conditions: Sequence[Condition], *,
+                     with_vectors: bool = False) -> list[ScoredItem]:
+        return (await self.search_many(index, [vector], k, conditions,
+                                       with_vectors=with_vectors))[0]
+
+    async def search_many(self, index: IndexInfo, vectors: Sequence[np.ndarray], k: int,
+                          conditions: Sequence[Condition], *,
+                          with_vectors: bool = False) -> list[list[ScoredItem]]:
+        expr = compile_filter(conditions)
+        fields = [*schema.ITEM_FIELDS, "vector"] if with_vectors else schema.ITEM_FIELDS
+        data = [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+
+        def call(c: Any) -> list[Any]:
+            result: list[Any] = c.search(
+                index.collection, data=data, anns_field="vector", limit=k, filter=expr,
+                output_fields=fields, search_params=schema.search_params(k),
+                timeout=self._db.timeout,
+            )
+            return result
+
+        return [
+            [ScoredItem(schema.item_from_row(h["entity"], h["id"]), float(h["distance"]),
+                        np.asarray(h["entity"]["vector"], dtype=np.float32) if with_vectors
+                        else None)
+             for h in hits]
+            for hits in await self._db.run(call)
+        ]
+
+    async def sample_items(self, index: IndexInfo, conditions: Sequence[Condition],
+                           limit: int) -> list[Item]:
+        expr = compile_filter(conditions)
+
+        def call(c: Any) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = c.query(index.collection, filter=expr,
+                                                 output_fields=schema.ITEM_FIELDS,
+                                                 limit=min(limit, schema.QUERY_PAGE),
+                                                 timeout=self._db.timeout)
+            return rows
+
+        return [schema.item_from_row(r) for r in await self._db.run(call)]
+
+    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]:
+        def call(c: Any) -> list[dict[str, Any]]:
+            if not ids or not self._db.exists(c, schema.POPULARITY_COLLECTION):
+                return []
+            self._db.ensure(c, schema.POPULARITY_COLLECTION, _create_popularity(self._db))
+            rows: list[dict[str, Any]] = c.query(
+                schema.POPULARITY_COLLECTION, filter=_in(ids), output_fields=["score"],
+                timeout=self._db.timeout)
+            return rows
+
+        return {r["id"]: float(r["score"]) for r in await self._db.run(call)}
+
+    async def most_popular(self, limit: int) -> list[tuple[str, float]]:
+        def call(c: Any) -> list[tuple[str, float]]:
+            if not self._db.exists(c, schema.POPULARITY_COLLECTION):
+                return []
+            self._db.ensure(c, schema.POPULARITY_COLLECTION, _create_popularity(self._db))
+            scores = [(r["id"], float(r["score"]))
+                      for r in self._db.scan(c, schema.POPULARITY_COLLECTION, ["score"])]
+            return sorted(scores, key=lambda s: (-s[1], s[0]))[:limit]
+
+        return await self._db.run(call)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+def _create_popularity(db: MilvusConnection) -> Any:
+    return lambda c: schema.create_records(c, schema.POPULARITY_COLLECTION, db.timeout)

@@ -1,0 +1,124 @@
+"""TritonEmbedder: image bytes -> embeddings through Triton's image_embedding model (gRPC).
+
+Every request names the model version it must be embedded by (the version of the active index):
+image_embedding version N runs image_encoder version N, so embedding spaces never mix, during a
+rollout included. Every call carries a client-side deadline. Triton's status codes are
+translated here: an image the model could not decode is the caller's mistake (InvalidArgument);
+everything else means the inference server is unavailable, slow or without that version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from visrec.gateway.core.errors import BackendTimeout, BackendUnavailable, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+INPUT, OUTPUT = "IMAGE", "EMBEDDING"
+# gRPC keeps one long-lived HTTP/2 connection: with a headless Kubernetes Service and a
+# "dns:///triton:8001" URL, round_robin spreads requests over every Triton pod instead of
+# pinning this gateway to one.
+CHANNEL_ARGS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
+class TritonEmbedder:
+    def __init__(self, url: str, model: str = "image_embedding", timeout_s: float = 10.0,
+                 version_check_s: float = 1.0) -> None:
+        self.url = url
+        self.model = model
+        self._timeout = timeout_s
+        self._client: Any = None
+        self._version_check_s = version_check_s
+        self._served: tuple[float, str | None] = (0.0, None)
+
+    def _grpc(self) -> Any:
+        if self._client is None:  # created inside the running event loop
+            from tritonclient.grpc.aio import InferenceServerClient
+
+            self._client = InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def ready(self) -> bool:
+        try:
+            async with asyncio.timeout(2.0):
+                return bool(await self._grpc().is_model_ready(self.model))
+        except Exception:
+            return False
+
+    async def served_version(self) -> str | None:
+        """The newest ready version of the image_embedding model (for metrics and ingest)."""
+        checked_at, version = self._served
+        if time.monotonic() - checked_at < self._version_check_s:
+            return version
+        try:
+            async with asyncio.timeout(self._timeout):
+                index = await self._grpc().get_model_repository_index(as_json=True)
+        except Exception as e:
+            raise _translate(e, self.url) from e
+        ready = [int(m["version"]) for m in index.get("models", [])
+                 if m.get("name") == self.model and m.get("state") == "READY"
+                 and str(m.get("version", "")).isdigit()]
+        version = str(max(ready)) if ready else None
+        self._served = (time.monotonic(), version)
+        return version
+
+    async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        batch = np.empty((len(images), 1), dtype=object)
+        for i, data in enumerate(images):
+            batch[i, 0] = data
+        inp = InferInput(INPUT, list(batch.shape), "BYTES")
+        inp.set_data_from_numpy(batch)
+        try:
+            result = await self._grpc().infer(
+                self.model, [inp], model_version=model_version,
+                outputs=[InferRequestedOutput(OUTPUT)], client_timeout=self._timeout,
+            )
+        except Exception as e:
+            raise _translate(e, self.url, f"{self.model} version {model_version}") from e
+        out = result.as_numpy(OUTPUT)
+        if out is None:
+            raise BackendUnavailable(f"Triton ({self.url}) returned no {OUTPUT} tensor")
+        return np.asarray(out, dtype=np.float32)
+
+
+def _translate(error: Exception, url: str, what: str = "") -> Exception:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, TimeoutError):
+        return BackendTimeout(f"Triton ({url}) did not answer in time")
+    if not isinstance(error, InferenceServerException):
+        return BackendUnavailable(f"Triton ({url}): {type(error).__name__}: {error}")
+    status, message = str(error.status() or ""), error.message() or ""
+    if status.endswith("INVALID_ARGUMENT"):
+        # Strip Triton's "in ensemble 'image_embedding', " prefix: the caller sent the image.
+        return InvalidArgument(f"image rejected: {re.sub(ENSEMBLE_PREFIX, '', message)}")
+    if status.endswith("DEADLINE_EXCEEDED") or "Deadline Exceeded" in message:
+        return BackendTimeout(f"Triton ({url}) did not answer in time")
+    if status.endswith("NOT_FOUND") or "unknown model" in message:
+        return BackendUnavailable(f"Triton ({url}) does not serve {what or 'the model'} "
+                                  f"now: {message}")
+    return BackendUnavailable(f"Triton ({url}) unavailable: {message or status}")

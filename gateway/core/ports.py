@@ -1,0 +1,165 @@
+"""The narrow seams to external systems, split by who uses them. Unit tests pass in-memory fakes
+(tests/unit/fakes.py); integration tests the real adapters (visrec.gateway.adapters)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from visrec.gateway.core.domain import Condition, IndexInfo, Interaction, Item, ScoredItem
+from visrec.gateway.core.profiles import UserProfile
+
+
+class Embedder(Protocol):
+    async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
+        """(len(images), dim) L2-normalised float32 embeddings computed by ``model_version``.
+
+        Raises InvalidArgument for an image the model cannot decode, BackendUnavailable /
+        BackendTimeout when the inference server is down or slow, and FailedPrecondition when it
+        does not serve ``model_version``.
+        """
+        ...
+
+    async def ready(self) -> bool:
+        """The embedding model answers its readiness check (never raises)."""
+        ...
+
+    async def served_version(self) -> str | None:
+        """The model version requests are served by now (None: no version is ready)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class CatalogReads(Protocol):
+    """What serving reads from the vector database."""
+
+    async def active_index(self) -> IndexInfo | None:
+        """The index the active pointer names, or None before any catalog was ingested."""
+        ...
+
+    async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
+        """Stored vectors of the ids that exist (missing ids are simply absent)."""
+        ...
+
+    async def search(
+        self, index: IndexInfo, vector: np.ndarray, k: int, conditions: Sequence[Condition],
+        *, with_vectors: bool = False,
+    ) -> list[ScoredItem]:
+        """Up to k nearest items by cosine similarity, best first, all satisfying conditions."""
+        ...
+
+    async def search_many(
+        self, index: IndexInfo, vectors: Sequence[np.ndarray], k: int,
+        conditions: Sequence[Condition], *, with_vectors: bool = False,
+    ) -> list[list[ScoredItem]]:
+        """``search`` for several query vectors in one round trip."""
+        ...
+
+    async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]: ...
+
+    async def sample_items(
+        self, index: IndexInfo, conditions: Sequence[Condition], limit: int
+    ) -> list[Item]:
+        """Up to ``limit`` items satisfying conditions, in storage order (no vector query)."""
+        ...
+
+    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]: ...
+
+    async def most_popular(self, limit: int) -> list[tuple[str, float]]: ...
+
+
+class UserState(Protocol):
+    """Profiles (stored beside an index: same model version, same embedding space), the
+    interaction log and per-item popularity (model-version independent)."""
+
+    async def get_profile(self, index: IndexInfo, user_id: str, *,
+                          for_update: bool = True) -> UserProfile | None: ...
+
+    async def get_profiles(self, index: IndexInfo, user_ids: Sequence[str]
+                           ) -> Mapping[str, UserProfile]: ...
+
+    async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
+        """Durable once it returns."""
+        ...
+
+    async def log_interaction(self, event: Interaction) -> None:
+        """Idempotent by event id."""
+        ...
+
+    async def add_popularity(self, item_id: str, weight: float) -> None: ...
+
+
+class VectorStore(CatalogReads, UserState, Protocol):
+    """Everything the gateway's core reads and writes."""
+
+    async def close(self) -> None: ...
+
+
+class ItemWriter(Protocol):
+    """Writes items into an index collection (batch ingest, rollout, online changes)."""
+
+    def upsert(self, collection: str, rows: Sequence[dict[str, Any]]) -> None: ...
+
+    def flush(self, collection: str) -> None: ...
+
+    def fingerprints(self, collection: str) -> dict[str, str]:
+        """id -> the fingerprint stored with each item ('' where absent)."""
+        ...
+
+
+class IndexAdmin(Protocol):
+    """Collections, index records and the active pointer (the jobs)."""
+
+    def ensure_items_collection(self, collection: str, dim: int) -> None: ...
+
+    def has_collection(self, collection: str) -> bool: ...
+
+    def count(self, collection: str) -> int: ...
+
+    def vector_dim(self, collection: str) -> int: ...
+
+    def item_vectors(self, collection: str) -> tuple[list[str], np.ndarray]: ...
+
+    def write_index_record(self, info: IndexInfo,
+                           extra: Mapping[str, Any] | None = None) -> None: ...
+
+    def read_index_record(self, collection: str) -> dict[str, Any] | None: ...
+
+    def index_info(self, collection: str) -> IndexInfo | None: ...
+
+    def active_index(self) -> IndexInfo | None: ...
+
+    def activate(self, collection: str) -> None: ...
+
+    def point_alias(self, alias: str, collection: str) -> bool: ...
+
+
+class UserLog(Protocol):
+    """The jobs' reads of user state: profile batches (rollout) and the log (training)."""
+
+    def profile_batches(self, index: IndexInfo, since: float = 0.0,
+                        batch_size: int = 512) -> Iterator[list[UserProfile]]: ...
+
+    def interactions(self) -> list[Interaction]: ...
+
+
+class JobStore(CatalogReads, UserState, UserLog, Protocol):
+    """The reads and user state the jobs use (verify, profile carry-over, training)."""
+
+
+class Database(Protocol):
+    """Every role over one connection to the vector database (what a job opens)."""
+
+    @property
+    def admin(self) -> IndexAdmin: ...
+
+    @property
+    def items(self) -> ItemWriter: ...
+
+    @property
+    def store(self) -> JobStore: ...
+
+    async def close(self) -> None: ...
