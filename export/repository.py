@@ -136,10 +136,16 @@ def parse_pbtxt(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
+def _model_folder(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _model_folder(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text)
+    tmp.chmod(0o644)
     os.replace(tmp, path)
 
 
@@ -189,6 +195,14 @@ def read_metadata(repository: Path, version: int) -> dict[str, Any] | None:
         return None
 
 
+def readable_by_all(folder: Path) -> None:
+    """Folders 0755, files 0644: Triton reads the repository as another user (uid 1000 in its
+    images) than the one export writes it as; mkdtemp makes its folder 0700."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def write_version_atomically(
     repository: Path,
     version: int,
@@ -203,7 +217,7 @@ def write_version_atomically(
     final = repository / model / str(version)
     if final.exists() and not replace:
         raise ExportError(f"{final} already exists (use --force to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _model_folder(final.parent)
     # Staging is a hidden folder at the repository root: same filesystem (rename is atomic),
     # and not a model or version folder Triton is ever asked to load.
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{model}-{version}-", dir=repository))
@@ -211,6 +225,7 @@ def write_version_atomically(
         metadata = fill(staging)
         if metadata is not None:
             _atomic_write_text(staging / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+        readable_by_all(staging)
         if final.exists():
             trash = repository / f".trash-{model}-{version}-{uuid.uuid4().hex}"
             os.rename(final, trash)

@@ -45,25 +45,8 @@ def _healthy(url: str) -> bool:
         return False
 
 
-# `milvus-server`, except that its port probe sets SO_REUSEADDR as Milvus itself does: without
-# it a port whose last connections are in TIME_WAIT (every port, just after a restart) looks
-# taken, and the wrapper silently moves the proxy and the health port to the next free ones.
-_LAUNCHER = """
-import socket, sys, milvus
-def try_bind_port(self, port):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-        sock.listen()
-        return sock
-    except OSError:
-        sock.close()
-        return None
-milvus.MilvusServerConfig.try_bind_port = try_bind_port
-sys.argv[0] = "milvus-server"
-sys.exit(milvus.main())
-"""
+# `milvus-server` with SO_REUSEADDR on its port probe (see the script's docstring).
+LAUNCHER = Path(__file__).with_name("milvus_launcher.py")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -103,7 +86,7 @@ class MilvusServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "milvus.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, "--data", str(self.data_dir), "--proxy-port",
+            [sys.executable, str(LAUNCHER), "--data", str(self.data_dir), "--proxy-port",
              str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

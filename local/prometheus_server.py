@@ -32,8 +32,9 @@ class PrometheusLaunchError(RuntimeError):
 
 def local_config(targets: Mapping[str, Sequence[str]], *, scrape_interval: str = "15s",
                  source: Path = CONFIG_SOURCE) -> dict[str, Any]:
-    """The production configuration with each job's static targets replaced by ``targets``
-    (jobs without local targets are dropped); rule files become absolute paths."""
+    """The production configuration with each job's discovery replaced by static ``targets``
+    (jobs without local targets are dropped, and so is alerting); rule files become absolute
+    paths."""
     config: dict[str, Any] = yaml.safe_load(source.read_text())
     config.setdefault("global", {}).update(
         scrape_interval=scrape_interval, evaluation_interval=scrape_interval)
@@ -42,12 +43,14 @@ def local_config(targets: Mapping[str, Sequence[str]], *, scrape_interval: str =
     jobs = []
     for job in config.get("scrape_configs", []):
         if job["job_name"] in targets:
+            job.pop("dns_sd_configs", None)
             job["static_configs"] = [{"targets": list(targets[job["job_name"]])}]
             jobs.append(job)
     unknown = set(targets) - {j["job_name"] for j in jobs}
     if unknown:
         raise PrometheusLaunchError(f"no scrape job named {sorted(unknown)} in {source}")
     config["scrape_configs"] = jobs
+    config.pop("alerting", None)  # no Alertmanager runs locally
     return config
 
 

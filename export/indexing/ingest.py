@@ -165,6 +165,24 @@ async def ingest(
     return report
 
 
+async def wait_for_version(embedder: Embedder, seconds: float, poll_s: float = 5.0) -> str:
+    """The version Triton serves, waiting up to ``seconds`` for it to serve one (a first
+    deployment starts this job while Triton still waits for the export job)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            version = await embedder.served_version()
+            if version is not None:
+                return version
+            reason = "no image_embedding version is ready"
+        except VisrecError as e:
+            reason = str(e)
+        if time.monotonic() >= deadline:
+            raise VisrecError(f"Triton serves no version after {seconds:.0f}s: {reason}")
+        log.info("waiting for Triton: %s", reason)
+        await asyncio.sleep(poll_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = JobsConfig.from_env()
@@ -190,22 +208,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4, help="Triton requests in flight")
     p.add_argument("--no-activate", dest="activate", action="store_false",
                    help="fill the collection but leave the active pointer where it is")
+    p.add_argument("--wait-s", type=float, default=0.0,
+                   help="wait up to this long for Triton to serve a version before starting")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.concurrency < 1:
-        p.error("--batch-size and --concurrency must be >= 1")
+    if args.batch_size < 1 or args.concurrency < 1 or args.wait_s < 0:
+        p.error("--batch-size and --concurrency must be >= 1, --wait-s >= 0")
     if not args.catalog.is_file():
         p.error(f"catalog {args.catalog} not found (build the demo one with visrec-catalog)")
     config = with_arguments(config, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
     async def run() -> IngestReport:
         db = config.milvus()
         embedder = config.embedder()
         try:
+            version = args.model_version
+            if args.wait_s > 0 and version is None:
+                version = await wait_for_version(embedder, args.wait_s)
             return await ingest(args.catalog, db.admin, db.items, embedder,
-                                model_version=args.model_version, batch_size=args.batch_size,
+                                model_version=version, batch_size=args.batch_size,
                                 concurrency=args.concurrency, activate=args.activate,
                                 progress=not args.quiet)
         finally:

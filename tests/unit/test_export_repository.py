@@ -95,6 +95,27 @@ def test_version_folder_appears_whole_or_not_at_all(tmp_path):
     assert repo.existing_versions(tmp_path) == [1]
 
 
+def test_a_version_is_readable_by_another_user_whatever_the_umask(tmp_path):
+    """Triton reads the repository as uid 1000, export writes it as uid 10001: a 0700 version
+    folder (mkdtemp's mode) kept Triton from ever loading it."""
+    import os
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        repo.write_version_atomically(
+            tmp_path, 1, lambda d: (d / "model.onnx").write_bytes(b"v1") and {"v": 1})
+        repo.write_python_version(tmp_path, repo.PIPELINE, 1, SPEC)
+        repo.write_config(tmp_path, repo.pipeline_config(OPTS))
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "image_encoder", *(tmp_path / "image_encoder").rglob("*"),
+                 tmp_path / repo.PIPELINE, *(tmp_path / repo.PIPELINE).rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        wanted = 0o755 if path.is_dir() else 0o644
+        assert mode & wanted == wanted, f"{path.relative_to(tmp_path)} is {oct(mode)}"
+
+
 def test_every_flag_is_explained_in_help():
     parser = build_parser()
     for action in parser._actions:

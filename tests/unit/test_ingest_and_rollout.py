@@ -162,3 +162,22 @@ async def test_carry_profiles_leaves_a_newer_profile_alone(tmp_path):
     await db.store.put_profile(dst, newer)
     assert await carry_profiles(db.store, src, dst) == 0
     assert (await db.store.get_profile(dst, "u1")).recent_items == ("item-2",)
+
+
+async def test_ingest_waits_for_triton_to_serve_a_version_then_gives_up_with_a_reason():
+    from visrec.export.indexing.ingest import wait_for_version
+    from visrec.gateway.core.errors import BackendUnavailable
+
+    answers: list[object] = [BackendUnavailable("Triton (x) unreachable"), None, "3"]
+
+    class Starting(FakeEmbedder):
+        async def served_version(self) -> str | None:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[return-value]
+
+    assert await wait_for_version(Starting(), 5, poll_s=0.01) == "3"
+    answers[:] = [None] * 1000
+    with pytest.raises(VisrecError, match="serves no version after 0s: no image_embedding"):
+        await wait_for_version(Starting(), 0.05, poll_s=0.01)

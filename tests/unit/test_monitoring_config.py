@@ -58,16 +58,22 @@ def test_scrape_jobs_cover_every_service():
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert set(jobs) == {"visrec-gateway", "triton", "milvus", "dcgm-exporter"}
-    ports = {name: j["static_configs"][0]["targets"][0].rsplit(":", 1)[1]
+    # Found by DNS on the compose network: every replica, and no target for a service that
+    # does not run (the DCGM exporter without GPUs).
+    found = {name: (j["dns_sd_configs"][0]["names"], j["dns_sd_configs"][0]["port"])
              for name, j in jobs.items()}
-    assert ports == {"visrec-gateway": "9464", "triton": "8002", "milvus": "9091",
-                     "dcgm-exporter": "9400"}
+    assert found == {"visrec-gateway": (["gateway"], 9464), "triton": (["triton"], 8002),
+                     "milvus": (["milvus"], 9091), "dcgm-exporter": (["dcgm-exporter"], 9400)}
+    compose = yaml.safe_load((PROM.parent.parent / "docker-compose.prod.yml").read_text())
+    for names, _ in found.values():
+        assert names[0] in compose["services"], names
 
 
 def test_local_config_keeps_jobs_and_rules_and_points_at_local_ports():
     cfg = local_config({"triton": ["127.0.0.1:18002"]}, scrape_interval="1s")
     assert [j["job_name"] for j in cfg["scrape_configs"]] == ["triton"]
     assert cfg["scrape_configs"][0]["static_configs"] == [{"targets": ["127.0.0.1:18002"]}]
+    assert "dns_sd_configs" not in cfg["scrape_configs"][0] and "alerting" not in cfg
     assert cfg["rule_files"][0].endswith("monitoring/prometheus/rules/*.yml")
     with pytest.raises(Exception, match="no scrape job named"):
         local_config({"nope": ["x:1"]})

@@ -3,7 +3,9 @@ records, the active-index pointer and the Milvus alias, counts and full scans.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -104,7 +106,8 @@ class MilvusIndexAdmin:
                 if alias in existing:
                     return True
                 try:
-                    c.alter_alias(collection, alias, timeout=self._db.timeout)
+                    with _quiet("pymilvus.decorators"):  # a new alias: the alter is expected
+                        c.alter_alias(collection, alias, timeout=self._db.timeout)
                 except MilvusException:
                     c.create_alias(collection, alias, timeout=self._db.timeout)
                 return True
@@ -122,8 +125,22 @@ class MilvusIndexAdmin:
     def alias_target(self, alias: str) -> str | None:
         def call(c: Any) -> str | None:
             try:
-                return str(c.describe_alias(alias, timeout=self._db.timeout)["collection_name"])
+                with _quiet("pymilvus.decorators"):
+                    return str(c.describe_alias(alias, timeout=self._db.timeout)[
+                        "collection_name"])
             except Exception:
                 return None
 
         return self._db.call(call)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence a library logger for a call whose failure is expected and handled."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
