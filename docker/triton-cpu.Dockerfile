@@ -26,17 +26,20 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt "nvidia-pytriton==0.7.0" 
  && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin triton-server \
  && rm /tmp/constraints.txt \
  && mkdir -p /models && chown 10001:10001 /models
-COPY docker/triton/ready.py docker/triton/wait_for_repository.py /opt/visrec/
+COPY docker/triton/ready.py docker/triton/wait_for_repository.py docker/triton/start.sh \
+     /opt/visrec/
 # /models belongs to the export user (uid 10001): a new volume mounted there first by Triton
 # stays writable for the export job. Triton only reads it.
 # The stub runs the models with the image's own packages.
 ENV PYTHONPATH=/opt/python-site \
-    PATH=/opt/tritonserver/bin:$PATH
+    PATH=/opt/tritonserver/bin:$PATH \
+    TRITON_BACKEND_DIRECTORY=/opt/tritonserver/backends
 USER triton-server
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python3", "/opt/visrec/ready.py"]
-ENTRYPOINT ["tritonserver", "--backend-directory=/opt/tritonserver/backends"]
+# start.sh restricts the repository API to the admin key (TRITON_ADMIN_KEY[_FILE]).
+ENTRYPOINT ["/opt/visrec/start.sh"]
 CMD ["--model-repository=/models", "--model-control-mode=explicit", \
      "--load-model=preprocess", "--load-model=image_encoder", \
      "--load-model=image_embedding", "--strict-readiness=true", "--exit-on-error=false", \

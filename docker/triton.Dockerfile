@@ -14,13 +14,15 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt "numpy>=1.26,<2" "pillow>
       "onnxruntime>=1.18" \
  && rm /tmp/constraints.txt \
  && mkdir -p /models && chown 10001:10001 /models
-COPY docker/triton/ready.py docker/triton/wait_for_repository.py /opt/visrec/
+COPY docker/triton/ready.py docker/triton/wait_for_repository.py docker/triton/start.sh \
+     /opt/visrec/
 # The NGC image's unprivileged user (uid 1000).
 USER triton-server
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
   CMD ["python3", "/opt/visrec/ready.py"]
-ENTRYPOINT ["tritonserver"]
+# start.sh restricts the repository API to the admin key (TRITON_ADMIN_KEY[_FILE]).
+ENTRYPOINT ["/opt/visrec/start.sh"]
 CMD ["--model-repository=/models", "--model-control-mode=explicit", \
      "--load-model=preprocess", "--load-model=image_encoder", \
      "--load-model=image_embedding", "--strict-readiness=true", "--exit-on-error=false", \

@@ -62,8 +62,14 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
                    "parallel; 2 measured +44%% image_embedding throughput on 2 cores)")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="cpu target: ONNX Runtime threads per instance (0 = all cores)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="preprocess refuses images with more pixels (decompression bombs)")
+    d = repo.ServingOptions()
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="images with more pixels are refused before decoding (decompression "
+                        "bombs; a PNG is decoded whole: this bounds its memory)")
+    p.add_argument("--max-aspect-ratio", type=float, default=d.max_aspect_ratio,
+                   help="images whose longer side is more times the shorter are refused")
+    p.add_argument("--min-side", type=int, default=d.min_side,
+                   help="images whose shorter side has fewer pixels are refused")
     p.add_argument("--head", type=Path, default=None,
                    help="a projection head applied to the backbone's features before the L2 "
                         "normalisation: a torch state dict with 'weight' [out, in] and "
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
         encoder_instances=args.instances, preprocess_instances=args.preprocess_instances,
         intra_op_threads=args.intra_op_threads, max_pixels=args.max_pixels,
+        max_aspect_ratio=args.max_aspect_ratio, min_side=args.min_side,
     )
     if args.version is not None and args.version < 1:
         raise ExportError("--version must be >= 1")
@@ -139,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         meta = repo.read_metadata(repository, existing) or {}
         log.info("image_encoder/%d already holds this export; nothing to rebuild", existing)
         _write_companions(repository, existing, meta)
-        _write_configs(repository, args.target, opts)
+        _write_configs(repository, args.target, opts, existing)
         return existing
 
     version = args.version or (max(repo.existing_versions(repository), default=0) + 1)
@@ -186,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     final = repo.write_version_atomically(repository, version, fill, replace=args.force)
     meta = repo.read_metadata(repository, version) or {}
     _write_companions(repository, version, meta)
-    _write_configs(repository, args.target, opts)
+    _write_configs(repository, args.target, opts, version)
     log.info("wrote %s (%d-d embeddings) in %.1fs", final, meta.get("dim", 0),
              time.perf_counter() - t0)
     return version
@@ -203,10 +210,13 @@ def _write_companions(repository: Path, version: int, meta: dict[str, Any]) -> N
     repo.write_python_version(repository, repo.PIPELINE, version, spec)
 
 
-def _write_configs(repository: Path, target: str, opts: repo.ServingOptions) -> None:
-    repo.write_config(repository, repo.preprocess_config(opts))
-    repo.write_config(repository, repo.encoder_config(target, opts))
-    repo.write_config(repository, repo.pipeline_config(opts))
+def _write_configs(repository: Path, target: str, opts: repo.ServingOptions,
+                   version: int) -> None:
+    """The three configs; a new repository serves ``version``, an existing one keeps serving
+    what it serves (visrec-rollout makes a new version served)."""
+    for config in (repo.preprocess_config(opts), repo.encoder_config(target, opts),
+                   repo.pipeline_config(opts)):
+        repo.write_config(repository, config, serve=[version])
 
 
 def load_head(path: Path, in_features: int) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from visrec.gateway.config import ConfigError, env_name, values_from_env
 
 if TYPE_CHECKING:
+    from visrec.export.indexing.triton_fleet import TritonFleet
     from visrec.gateway.adapters.milvus import MilvusDatabase
     from visrec.gateway.adapters.triton_embedder import TritonEmbedder
 
@@ -25,6 +26,13 @@ class JobsConfig:
     milvus_token: str = ""
     milvus_index_type: str = "AUTOINDEX"
     triton_url: str = "localhost:8001"
+    # Every Triton replica the rollout drives: host:port entries, comma-separated, each name
+    # resolved to all its addresses (a headless Service); empty: the replicas of triton_url.
+    triton_replicas: str = ""
+    # The key of Triton's restricted repository API (--grpc-restricted-protocol): the rollout
+    # presents it; gateways do not have it. VISREC_TRITON_ADMIN_KEY_FILE reads it from a file.
+    triton_admin_key: str = ""
+    triton_admin_key_file: str = ""
     job_milvus_timeout_s: float = 60.0
     job_triton_timeout_s: float = 300.0
     model_repository: str = "model_repository"
@@ -55,6 +63,22 @@ class JobsConfig:
     @property
     def artifacts_path(self) -> Path:
         return Path(self.artifacts_dir)
+
+    def admin_key(self) -> str:
+        if self.triton_admin_key_file:
+            try:
+                return Path(self.triton_admin_key_file).read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"{env_name('triton_admin_key_file')}: cannot read "
+                                  f"{self.triton_admin_key_file}: {e.strerror}") from e
+        return self.triton_admin_key
+
+    def fleet(self) -> TritonFleet:
+        """The rollout's handle on every Triton replica and the repository's served set."""
+        from visrec.export.indexing.triton_fleet import TritonFleet
+
+        return TritonFleet(self.triton_replicas or self.triton_url, self.repository_path,
+                           admin_key=self.admin_key(), timeout_s=self.job_triton_timeout_s)
 
     def embedder(self) -> TritonEmbedder:
         """The Triton client of the jobs (a catalog batch may take minutes)."""
@@ -87,9 +111,20 @@ def add_service_arguments(p: argparse.ArgumentParser, config: JobsConfig, *,
                        help="Triton gRPC host:port (VISREC_TRITON_URL)")
 
 
+def add_fleet_arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
+    """What the rollout needs beyond the shared flags: the replicas and the repository."""
+    p.add_argument("--triton-replicas", default=config.triton_replicas or None,
+                   help="every Triton replica: host:port entries, comma-separated, each name "
+                        "resolved to all its addresses, e.g. a headless Service "
+                        "triton:8001 (VISREC_TRITON_REPLICAS; default: --triton-url)")
+    p.add_argument("--repository", dest="model_repository", default=config.model_repository,
+                   help="the model repository every replica reads; the served set is written "
+                        "into its configs (VISREC_MODEL_REPOSITORY)")
+
+
 def with_arguments(config: JobsConfig, args: argparse.Namespace) -> JobsConfig:
     """The configuration with the shared flags' values."""
     changes = {name: getattr(args, name) for name in
-               ("milvus_uri", "milvus_token", "milvus_index_type", "triton_url")
-               if hasattr(args, name)}
+               ("milvus_uri", "milvus_token", "milvus_index_type", "triton_url",
+                "triton_replicas", "model_repository") if getattr(args, name, None) is not None}
     return dataclasses.replace(config, **changes)

@@ -6,6 +6,11 @@ Model version N is three version folders written together: ``image_encoder/N`` (
 served by N end to end. Configs are shared by all versions, hence dynamic spatial and embedding
 dims. They are built as Triton's own ``ModelConfig`` protobuf and printed with ``text_format``,
 so every file written is, by construction, one Triton can parse.
+
+Which versions Triton serves is durable state kept here: each config's ``specific`` version
+policy. Every Triton replica loads exactly that set when it starts (explicit mode,
+``--load-model``) and when the rollout asks it to reload; only ``set_served_versions`` (the
+rollout) changes it, and an export keeps it (a new version is served once it is rolled out).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,14 +60,19 @@ class ServingOptions:
     encoder_instances: int = 1
     preprocess_instances: int = 2
     intra_op_threads: int = 0  # 0: ONNX Runtime picks the core count
-    max_pixels: int = 40_000_000
-    versions_kept: int = 2  # N and N+1 side by side during a rollout
+    # What an uploaded image may be (checked on its header, before decoding, by Triton and by
+    # the gateway, which reads these from the config): see triton_backends/imaging.py.
+    max_pixels: int = 16_000_000
+    max_aspect_ratio: float = 20.0
+    min_side: int = 8
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "encoder_instances", "preprocess_instances",
-                     "versions_kept", "max_pixels"):
+                     "max_pixels", "min_side"):
             if getattr(self, name) < 1:
                 raise ExportError(f"{name.replace('_', '-')} must be >= 1")
+        if self.max_aspect_ratio < 1:
+            raise ExportError("max-aspect-ratio must be >= 1")
         if self.max_queue_delay_us < 0 or self.intra_op_threads < 0:
             raise ExportError("max-queue-delay-us and intra-op-threads must be >= 0")
 
@@ -76,7 +86,6 @@ def encoder_config(target: str, opts: ServingOptions) -> mc.ModelConfig:
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     c = mc.ModelConfig(name=ENCODER, max_batch_size=opts.max_batch_size)
-    c.version_policy.latest.num_versions = opts.versions_kept
     # -1: versions may differ in input size and embedding size (another backbone, a head).
     c.input.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, -1, -1])
     c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[-1])
@@ -106,26 +115,30 @@ def encoder_config(target: str, opts: ServingOptions) -> mc.ModelConfig:
 
 def preprocess_config(opts: ServingOptions) -> mc.ModelConfig:
     c = mc.ModelConfig(name=PREPROCESS, backend="python", max_batch_size=opts.max_batch_size)
-    c.version_policy.latest.num_versions = opts.versions_kept
     c.input.add(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])
     c.output.add(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, -1, -1])
     c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     c.instance_group.add(count=opts.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    _params(c, {"max_pixels": opts.max_pixels})
+    _params(c, image_limits(opts))
     return c
 
 
 def pipeline_config(opts: ServingOptions) -> mc.ModelConfig:
     """image_embedding: bytes -> embedding, version N end to end (see the module docstring)."""
     c = mc.ModelConfig(name=PIPELINE, backend="python", max_batch_size=opts.max_batch_size)
-    c.version_policy.latest.num_versions = opts.versions_kept
     c.input.add(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])
     c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[-1])
     c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     c.instance_group.add(count=opts.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    _params(c, {"max_pixels": opts.max_pixels, "encoder_model": ENCODER,
+    _params(c, {**image_limits(opts), "encoder_model": ENCODER,
                 "encoder_max_batch_size": opts.max_batch_size})
     return c
+
+
+def image_limits(opts: ServingOptions) -> dict[str, Any]:
+    """The config parameters that bound an uploaded image (imaging.limits_of reads them)."""
+    return {"max_pixels": opts.max_pixels, "max_aspect_ratio": opts.max_aspect_ratio,
+            "min_side": opts.min_side}
 
 
 def to_pbtxt(config: mc.ModelConfig) -> str:
@@ -149,10 +162,48 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_config(repository: Path, config: mc.ModelConfig) -> Path:
-    path = repository / config.name / "config.pbtxt"
+def config_path(repository: Path, model: str) -> Path:
+    return repository / model / "config.pbtxt"
+
+
+def served_versions(repository: Path, model: str = PIPELINE) -> list[int]:
+    """The versions ``model``'s config tells Triton to serve; [] without a config."""
+    path = config_path(repository, model)
+    if not path.is_file():
+        return []
+    return sorted(parse_pbtxt(path.read_text()).version_policy.specific.versions)
+
+
+def write_config(repository: Path, config: mc.ModelConfig, serve: Sequence[int] = ()) -> Path:
+    """Write ``config`` atomically, serving the versions the existing config serves (the
+    served set is the rollout's to change), or ``serve`` for a model without one."""
+    path = config_path(repository, config.name)
+    versions = served_versions(repository, config.name) or sorted(serve)
+    if not versions:
+        raise ExportError(f"{config.name}: no version to serve")
+    config.version_policy.specific.versions[:] = versions
     _atomic_write_text(path, to_pbtxt(config))
     return path
+
+
+def set_served_versions(repository: Path, versions: Sequence[int | str]) -> None:
+    """From now on every Triton replica serves ``versions`` of the three models: each config is
+    rewritten atomically with that specific policy (a replica that starts reads it; the
+    rollout asks the running ones to reload). Each version must exist for every model."""
+    wanted = sorted({int(v) for v in versions})
+    if not wanted:
+        raise ExportError("at least one version must be served")
+    for model in MODELS:
+        missing = [v for v in wanted if not (repository / model / str(v)).is_dir()]
+        if missing:
+            raise ExportError(f"{repository}/{model} has no version folder {missing}")
+    for model in MODELS:
+        path = config_path(repository, model)
+        if not path.is_file():
+            raise ExportError(f"{path} does not exist: export a version first")
+        config = parse_pbtxt(path.read_text())
+        config.version_policy.specific.versions[:] = wanted
+        _atomic_write_text(path, to_pbtxt(config))
 
 
 def python_model_files(model: str, spec: PreprocessSpec) -> dict[str, str]:

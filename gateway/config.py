@@ -32,7 +32,7 @@ class GatewayConfig:
     index_refresh_s: float = 1.0
     max_k: int = 1000
     max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 16_000_000
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
     # Security (see README "Security"): TLS from PEM files (a client CA makes it mutual TLS),

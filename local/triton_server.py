@@ -78,6 +78,9 @@ class TritonServer:
     log_file: Path | None = None
     build_dir: Path = DEFAULT_BUILD
     extra_args: Sequence[str] = ()
+    # Restrict the repository API (load, unload, index) to callers presenting this key, as the
+    # images do (docker/triton/start.sh); empty: open, as for a laptop.
+    admin_key: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -102,6 +105,7 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
+            *(restricted_api_args(self.admin_key) if self.admin_key else ()),
             *self.extra_args,
         ]
 
@@ -175,6 +179,13 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """Triton's flags that refuse repository calls without header ``visrec-admin-key: key``
+    (the same as docker/triton/start.sh)."""
+    return [f"--grpc-restricted-protocol=model-repository:visrec-admin-key={key}",
+            f"--http-restricted-api=model-repository:visrec-admin-key={key}"]
 
 
 def tail(path: Path | None, lines: int = 20) -> str:

@@ -1,15 +1,16 @@
 """Wait until the model repository holds what Triton must load (stdlib only: runs in the Triton
-images, e.g. as a Kubernetes init container): a config.pbtxt and a version folder for each of
-preprocess, image_encoder and image_embedding. Exits 1 after --timeout seconds, naming what is
-missing, so a first deployment waits for the export job instead of starting Triton on an empty
-repository (which in explicit mode would serve nothing until restarted)."""
+images, e.g. as a Kubernetes init container): for each of preprocess, image_encoder and
+image_embedding, a config.pbtxt and the folder of every version it lists to serve. Exits 1 after
+--timeout seconds, naming what is missing, so a first deployment waits for the export job
+instead of starting Triton on an empty repository (which in explicit mode would serve nothing
+until restarted)."""
 
 import argparse
 import sys
 import time
 from pathlib import Path
 
-MODELS = ("preprocess", "image_encoder", "image_embedding")
+from ready import MODELS, listed
 
 
 def missing(repository: Path) -> list[str]:
@@ -18,8 +19,11 @@ def missing(repository: Path) -> list[str]:
         folder = repository / model
         if not (folder / "config.pbtxt").is_file():
             out.append(f"{model}/config.pbtxt")
-        elif not any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
-            out.append(f"{model}/<version>")
+            continue
+        versions = listed(repository, model)
+        out += [f"{model}/{v}" for v in versions if not (folder / v).is_dir()]
+        if not versions:
+            out.append(f"{model}: no version listed")
     return out
 
 

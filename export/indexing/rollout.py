@@ -1,20 +1,22 @@
 """visrec-rollout: serve model version M without ever comparing embeddings of two versions.
 
-    load M in Triton beside N  ->  re-embed the catalog into items_v<M>  ->  verify it
-    ->  carry user profiles over  ->  switch the active pointer (and the Milvus alias)
-    ->  grace period  ->  unload N
+    serve N and M on every Triton replica (durably)  ->  re-embed the catalog into items_v<M>
+    ->  verify it  ->  carry user profiles over  ->  check every replica serves M
+    ->  switch the active pointer (and the Milvus alias)  ->  grace period  ->  unload N
 
 Gateways pin the version of the active index in every Triton request and follow the pointer
 within a second, so requests in flight finish on N and new ones start on M. Rolling back is
 the same command towards the old version: its collection is still there, so nothing is
 re-embedded. Every step is idempotent: a rollout killed at any point leaves N serving, and
-running it again completes it.
+running it again completes it. A replica that cannot load M stops the rollout before the
+switch, naming the replica; N keeps serving everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import random
 import sys
@@ -26,9 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.config import (
+    JobsConfig,
+    add_fleet_arguments,
+    add_service_arguments,
+    with_arguments,
+)
 from visrec.export.indexing.ingest import CatalogFormatError, IngestReport, ingest
-from visrec.export.indexing.triton_versions import RolloutError, TritonVersions
+from visrec.export.indexing.triton_fleet import RolloutError, TritonFleet
 from visrec.gateway.adapters.milvus.schema import items_collection
 from visrec.gateway.config import ConfigError
 from visrec.gateway.core.domain import IndexInfo
@@ -81,26 +88,30 @@ async def verify(admin: IndexAdmin, store: JobStore, info: IndexInfo, expected: 
 
 
 async def carry_profiles(store: JobStore, src: IndexInfo, dst: IndexInfo,
-                         since: float = 0.0, rate: float = 0.3) -> int:
-    """Rebuild profiles in ``dst``'s space from their recent items (oldest first, as clicks).
-    A profile ``dst`` already holds a newer state of is left alone."""
+                         since: float = 0.0, rate: float = 0.3, recent: int = 50) -> int:
+    """Rebuild profiles in ``dst``'s space from each user's recent items (from the interaction
+    log; oldest first, as clicks). A profile ``dst`` already holds a newer state of is left
+    alone."""
     moved = 0
     batches = await asyncio.to_thread(lambda: list(store.profile_batches(src, since)))
     for batch in batches:
         existing = await store.get_profiles(dst, [p.user_id for p in batch])
         todo = [p for p in batch if p.user_id not in existing
                 or existing[p.user_id].updated_at < p.updated_at]
-        ids = sorted({i for p in todo for i in p.recent_items})
+        logged = await store.recent_items([p.user_id for p in todo], recent)
+        items = {p.user_id: logged.get(p.user_id) or p.recent_items for p in todo}
+        ids = sorted({i for user_items in items.values() for i in user_items})
         vectors: dict[str, np.ndarray] = {}
         for start in range(0, len(ids), 1000):
             vectors.update(await store.get_vectors(dst, ids[start:start + 1000]))
         for profile in todo:
             vector: np.ndarray | None = None
-            for item_id in reversed(profile.recent_items):
+            for item_id in reversed(items[profile.user_id]):
                 v = vectors.get(item_id)
                 if v is not None:
                     vector = v if vector is None else (1 - rate) * vector + rate * v
-            await store.put_profile(dst, replace(profile, vector=vector))
+            await store.put_profile(dst, replace(profile, vector=vector,
+                                                 recent_items=tuple(items[profile.user_id])))
             moved += 1
     return moved
 
@@ -108,7 +119,7 @@ async def carry_profiles(store: JobStore, src: IndexInfo, dst: IndexInfo,
 async def rollout(
     to_version: str,
     db: Database,
-    triton: TritonVersions,
+    triton: TritonFleet,
     embedder: Embedder,
     *,
     catalog: Path | None,
@@ -116,7 +127,7 @@ async def rollout(
     sample: int = 50,
     alias: str = ALIAS,
     progress: bool = True,
-    on_step: Callable[[Step], None] | None = None,
+    on_step: Callable[[Step], object] | None = None,
 ) -> Timeline:
     current = await asyncio.to_thread(db.admin.active_index)
     from_version = current.model_version if current else None
@@ -132,14 +143,17 @@ async def rollout(
         s.detail = result if isinstance(result, str) else s.detail
         timeline.steps.append(s)
         if on_step is not None:
-            on_step(s)
+            done = on_step(s)
+            if inspect.isawaitable(done):  # an observer may act between steps (tests do)
+                await done
         return result
 
     serving = [v for v in {from_version, to_version} if v is not None]
 
     async def load() -> str:
-        await triton.serve(serving)
-        return f"Triton serves image_embedding versions {', '.join(sorted(serving, key=int))}"
+        replicas = await triton.serve(serving)
+        return (f"{len(replicas)} Triton replica(s) serve versions "
+                f"{', '.join(sorted(serving, key=int))}: {', '.join(replicas)}")
 
     await step("load", load)
 
@@ -171,6 +185,12 @@ async def rollout(
 
         await step("profiles", profiles)
 
+    async def fleet() -> str:
+        replicas = await triton.verify([to_version])
+        return f"{len(replicas)} Triton replica(s) serve version {to_version}"
+
+    await step("replicas", fleet)
+
     async def switch() -> str:
         await asyncio.to_thread(db.admin.activate, collection)
         aliased = await asyncio.to_thread(db.admin.point_alias, alias, collection)
@@ -192,8 +212,8 @@ async def rollout(
         await step("grace", grace)
 
     async def unload() -> str:
-        await triton.serve([to_version])
-        return f"Triton serves image_embedding version {to_version} only"
+        replicas = await triton.serve([to_version])
+        return f"{len(replicas)} Triton replica(s) serve version {to_version} only"
 
     await step("unload", unload)
     return timeline
@@ -216,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="catalog to re-embed into items_v<version> (not needed to roll back "
                         "to a version whose collection exists)")
     add_service_arguments(p, config)
+    add_fleet_arguments(p, config)
     p.add_argument("--grace-s", type=float, default=30.0,
                    help="wait after the switch before the old version is unloaded (more than "
                         "VISREC_INDEX_REFRESH_S plus the slowest request)")
@@ -224,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alias", default=ALIAS, help="Milvus alias moved with the pointer "
                    "(Milvus server only)")
     p.add_argument("--status", action="store_true",
-                   help="print the active index and the versions Triton serves, then exit")
+                   help="print the active index and the versions every Triton replica serves, "
+                        "then exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if not args.status and not args.to_version:
@@ -239,14 +261,17 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> int:
         db = config.milvus()
-        triton = TritonVersions(config.triton_url, config.job_triton_timeout_s)
+        triton = config.fleet()
         embedder = config.embedder()
         try:
             if args.status:
                 active = await asyncio.to_thread(db.admin.active_index)
                 print(f"active index: {active.collection if active else '-'} (model version "
-                      f"{active.model_version if active else '-'}); Triton serves "
-                      f"image_embedding {', '.join(await triton.ready()) or 'nothing'}")
+                      f"{active.model_version if active else '-'}); the repository serves "
+                      f"{', '.join(triton.durable()) or 'nothing'}")
+                for replica in triton.replicas():
+                    served = (await triton.serving(replica))["image_embedding"]
+                    print(f"  Triton {replica}: image_embedding {', '.join(served) or '-'}")
                 return 0
             timeline = await rollout(args.to_version, db, triton, embedder,
                                      catalog=args.catalog, grace_s=args.grace_s,
@@ -261,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return asyncio.run(run())
-    except (RolloutError, CatalogFormatError, VisrecError) as e:
+    except (RolloutError, CatalogFormatError, VisrecError, ConfigError) as e:
         print(f"visrec-rollout: error: {e}", file=sys.stderr)
         return 1
 

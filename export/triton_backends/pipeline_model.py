@@ -17,7 +17,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from imaging import ImageDecodeError, decode_batches, load_spec
+from imaging import ImageDecodeError, decode_batches, limits_of, load_spec
 
 
 class TritonPythonModel:
@@ -26,7 +26,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.version = int(args["model_version"])
         self.spec = load_spec(os.path.join(args["model_repository"], args["model_version"]))
-        self.max_pixels = int(params.get("max_pixels", "40000000"))
+        self.limits = limits_of(params)
         self.encoder = params.get("encoder_model", "image_encoder")
         self.chunk = int(params.get("encoder_max_batch_size", "64"))
         threads = int(params.get("decode_threads", "0")) or min(4, os.cpu_count() or 1)
@@ -52,7 +52,7 @@ class TritonPythonModel:
         images = [[bytes(x) for x in
                    pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy().reshape(-1)]
                   for r in requests]
-        decoded = decode_batches(self.pool, images, self.max_pixels, self.spec)
+        decoded = decode_batches(self.pool, images, self.limits, self.spec)
         ok = [p for p in decoded if not isinstance(p, BaseException) and len(p)]
         embeddings, error = (None, None)
         if ok:

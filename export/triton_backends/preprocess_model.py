@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(__file__))
-from imaging import ImageDecodeError, decode_batches, load_spec
+from imaging import ImageDecodeError, decode_batches, limits_of, load_spec
 
 
 def error_for(e):
@@ -28,7 +28,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.spec = load_spec(os.path.join(args["model_repository"], args["model_version"]))
-        self.max_pixels = int(params.get("max_pixels", "40000000"))
+        self.limits = limits_of(params)
         threads = int(params.get("decode_threads", "0")) or min(4, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
@@ -37,7 +37,7 @@ class TritonPythonModel:
                    pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy().reshape(-1)]
                   for r in requests]
         responses = []
-        for result in decode_batches(self.pool, images, self.max_pixels, self.spec):
+        for result in decode_batches(self.pool, images, self.limits, self.spec):
             if isinstance(result, BaseException):
                 responses.append(pb_utils.InferenceResponse(error=error_for(result)))
             else:

@@ -5,6 +5,11 @@ image_embedding version N runs image_encoder version N, so embedding spaces neve
 rollout included. Every call carries a client-side deadline. Triton's status codes are
 translated here: an image the model could not decode is the caller's mistake (InvalidArgument);
 everything else means the inference server is unavailable, slow or without that version.
+
+Behind several replicas (gRPC round_robin over a headless Service's addresses, or an
+``ipv4:a:p,b:p`` list), a replica that does not serve the version (yet) or whose connection
+breaks is not the caller's problem: the request is sent again, to the next replica, within the
+same deadline, up to ``attempts`` times.
 """
 
 from __future__ import annotations
@@ -40,13 +45,15 @@ ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 class TritonEmbedder:
     def __init__(self, url: str, model: str = "image_embedding", timeout_s: float = 10.0,
-                 version_check_s: float = 1.0) -> None:
+                 version_check_s: float = 1.0, attempts: int = 3) -> None:
         self.url = url
         self.model = model
         self._timeout = timeout_s
+        self._attempts = attempts
         self._client: Any = None
         self._version_check_s = version_check_s
         self._served: tuple[float, str | None] = (0.0, None)
+        self._limits: dict[str, dict[str, str]] = {}
 
     def _grpc(self) -> Any:
         if self._client is None:  # created inside the running event loop
@@ -67,19 +74,40 @@ class TritonEmbedder:
         except Exception:
             return False
 
+    async def image_limits(self, model_version: str) -> dict[str, str] | None:
+        """The image limits of ``model_version``'s config (parameters written by export), read
+        once per version; None while Triton does not answer (the caller has defaults)."""
+        if model_version not in self._limits:
+            try:
+                async with asyncio.timeout(2.0):
+                    config = await self._grpc().get_model_config(
+                        self.model, model_version, as_json=True)
+            except Exception as e:
+                log.info("image limits of %s version %s not read: %s", self.model,
+                         model_version, e)
+                return None
+            params = config.get("config", {}).get("parameters", {})
+            self._limits[model_version] = {k: str(v.get("string_value", ""))
+                                           for k, v in params.items()}
+        return self._limits[model_version]
+
     async def served_version(self) -> str | None:
-        """The newest ready version of the image_embedding model (for metrics and ingest)."""
+        """The newest ready version of the image_embedding model (for metrics and ingest).
+        Asked through model metadata: the repository API is the rollout's alone."""
         checked_at, version = self._served
         if time.monotonic() - checked_at < self._version_check_s:
             return version
         try:
             async with asyncio.timeout(self._timeout):
-                index = await self._grpc().get_model_repository_index(as_json=True)
+                meta = await self._grpc().get_model_metadata(self.model, as_json=True)
         except Exception as e:
+            from tritonclient.utils import InferenceServerException
+
+            if isinstance(e, InferenceServerException) and "unknown model" in str(e.message()):
+                self._served = (time.monotonic(), None)
+                return None  # nothing of it is ready
             raise _translate(e, self.url) from e
-        ready = [int(m["version"]) for m in index.get("models", [])
-                 if m.get("name") == self.model and m.get("state") == "READY"
-                 and str(m.get("version", "")).isdigit()]
+        ready = [int(v) for v in meta.get("versions", []) if str(v).isdigit()]
         version = str(max(ready)) if ready else None
         self._served = (time.monotonic(), version)
         return version
@@ -92,17 +120,34 @@ class TritonEmbedder:
             batch[i, 0] = data
         inp = InferInput(INPUT, list(batch.shape), "BYTES")
         inp.set_data_from_numpy(batch)
-        try:
-            result = await self._grpc().infer(
-                self.model, [inp], model_version=model_version,
-                outputs=[InferRequestedOutput(OUTPUT)], client_timeout=self._timeout,
-            )
-        except Exception as e:
-            raise _translate(e, self.url, f"{self.model} version {model_version}") from e
+        what = f"{self.model} version {model_version}"
+        deadline = time.monotonic() + self._timeout
+        for attempt in range(1, self._attempts + 1):
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                result = await self._grpc().infer(
+                    self.model, [inp], model_version=model_version,
+                    outputs=[InferRequestedOutput(OUTPUT)], client_timeout=left,
+                )
+                break
+            except Exception as e:
+                error = _translate(e, self.url, what)
+                if attempt == self._attempts or not _another_replica_may_serve(e, error):
+                    raise error from e
+                log.info("Triton attempt %d for %s failed (%s); trying the next replica",
+                         attempt, what, error)
         out = result.as_numpy(OUTPUT)
         if out is None:
             raise BackendUnavailable(f"Triton ({self.url}) returned no {OUTPUT} tensor")
         return np.asarray(out, dtype=np.float32)
+
+
+def _another_replica_may_serve(error: Exception, translated: Exception) -> bool:
+    """A replica without the version (not loaded yet, or already unloaded) or a broken
+    connection: worth the next replica. A bad image or a spent deadline is not."""
+    return isinstance(translated, BackendUnavailable) and not isinstance(error, TimeoutError)
 
 
 def _translate(error: Exception, url: str, what: str = "") -> Exception:

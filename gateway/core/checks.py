@@ -12,7 +12,7 @@ from visrec.gateway.core.errors import InvalidArgument
 class Limits:
     max_k: int = 1000
     max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 16_000_000
     max_id_length: int = 256
     # The whole vector-store part of one read (several Milvus calls) within this many seconds,
     # else the degraded answer: a slow Milvus must not hold a caller past its deadline.

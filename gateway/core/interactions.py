@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -12,18 +11,11 @@ from contextlib import asynccontextmanager
 from visrec.gateway.core.active_index import ActiveIndex
 from visrec.gateway.core.checks import Limits, check_id
 from visrec.gateway.core.domain import Interaction, InteractionResult
-from visrec.gateway.core.errors import (
-    BackendTimeout,
-    BackendUnavailable,
-    InvalidArgument,
-    NotFound,
-)
+from visrec.gateway.core.errors import InvalidArgument, NotFound
 from visrec.gateway.core.observer import Observer, Stages
 from visrec.gateway.core.personalised import Personalisation
 from visrec.gateway.core.ports import VectorStore
 from visrec.gateway.core.profiles import apply_interaction, event_key
-
-log = logging.getLogger(__name__)
 
 
 class KeyedLocks:
@@ -62,8 +54,10 @@ class InteractionRecorder:
 
     async def record(self, user_id: str, item_id: str, kind: str, request_id: str = "",
                      arm_override: str | None = None) -> InteractionResult:
-        """Move the user's profile towards the item (durably), log the event, count it for the
-        arm. A retry with the same request id, item and type is acknowledged, not counted."""
+        """Apply one interaction, whole or not at all: move the user's profile towards the item,
+        then append it to the log (the commit point: every count is derived from the log). A
+        retry with the same request id, item and type adds nothing and answers counted=False;
+        a retry after a failure completes what the failed call left undone."""
         check_id("user_id", user_id, self._limits.max_id_length)
         check_id("item_id", item_id, self._limits.max_id_length)
         if kind not in self._p.weights:
@@ -74,17 +68,24 @@ class InteractionRecorder:
         arm = self._p.arm_for(user_id, arm_override)
         weight = self._p.weights[kind]
         index = await self._index.current()
+        key = event_key(user_id, request_id, item_id, kind)
         with self._stage("lookup"):
-            vectors = await self._store.get_vectors(index, [item_id])
+            vectors, logged = await asyncio.gather(
+                self._store.get_vectors(index, [item_id]),
+                self._store.event_logged(key) if key else _false())
         if item_id not in vectors:
             raise NotFound(f"item {item_id!r} is not in the catalog")
-        key = event_key(user_id, request_id, item_id, kind)
+        if logged:  # a retry of an acknowledged interaction: nothing to do
+            self._observer.interaction(self._p.experiment.name, arm.name, arm.policy.name, kind,
+                                       False)
+            return InteractionResult(self._p.experiment.name, arm.name, False)
         now = self._clock()
         with self._stage("profile"):
             async with self._user_locks.hold(user_id):
                 profile = await self._store.get_profile(index, user_id)
-                counted = key is None or profile is None or key not in profile.recent_events
-                if counted:
+                # The profile remembers the keys it applied: after a call that moved it and then
+                # failed to log, the retry logs without moving it twice.
+                if key is None or profile is None or key not in profile.recent_events:
                     updated = apply_interaction(
                         profile, user_id, item_id, vectors[item_id], kind, weight,
                         rate=self._p.profile_rate, now=now, key=key,
@@ -94,12 +95,11 @@ class InteractionRecorder:
             event_id=key or uuid.uuid4().hex, user_id=user_id, item_id=item_id, kind=kind,
             weight=weight, at=now, experiment=self._p.experiment.name, arm=arm.name,
             policy=arm.policy.name, request_id=request_id, model_version=index.model_version)
-        await self._store.log_interaction(event)  # idempotent: a retry rewrites the same row
-        if counted:
-            try:
-                await self._store.add_popularity(item_id, weight)
-            except (BackendUnavailable, BackendTimeout) as e:  # approximate by design
-                log.warning("popularity of %s not updated: %s", item_id, e)
+        await self._store.log_interaction(event)
         self._observer.interaction(self._p.experiment.name, arm.name, arm.policy.name, kind,
-                                   counted)
-        return InteractionResult(self._p.experiment.name, arm.name, counted)
+                                   True)
+        return InteractionResult(self._p.experiment.name, arm.name, True)
+
+
+async def _false() -> bool:
+    return False

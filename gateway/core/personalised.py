@@ -3,6 +3,7 @@ the over-fetched candidates; cold users and thin answers get the fallback list."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,10 +90,16 @@ class Personaliser:
                             conds: Sequence[Condition], exclude_seen: bool, arm: Arm,
                             answer: Callable[..., Recommendations]) -> Recommendations:
         with self._stage("profile"):
-            profile = await self._store.get_profile(index, user_id, for_update=False)
-        seen = profile.seen if profile is not None else frozenset()
+            profile, logged = await asyncio.gather(
+                self._store.get_profile(index, user_id, for_update=False),
+                self._store.recent_items([user_id], self._p.recent_items))
+        # Recent items come from the interaction log (append-only, exact across replicas);
+        # the profile's own list only stands in where the log has none (older data).
+        recent = logged.get(user_id) or (profile.recent_items if profile is not None else ())
+        seen = frozenset(recent)
         exclude = seen if exclude_seen else frozenset()
-        if profile is None or profile.vector is None:
+        fallback_query = profile.vector if profile is not None else None
+        if not recent and fallback_query is None:
             return answer(await self._fallback.fetch(index, k, conds, exclude), "cold_user")
 
         policy = arm.policy
@@ -103,8 +110,8 @@ class Personaliser:
         # towards what all items share (on the demo catalog, single-taste users, precision@10
         # with seen items excluded: 0.31 for the average, 0.44 for the best-of-recent).
         hits = await multi_interest(
-            self._store, index, profile.recent_items[: self._p.recent_queries], fetch, conds,
-            fallback_query=profile.vector, with_vectors=policy.needs_vectors,
+            self._store, index, recent[: self._p.recent_queries], fetch, conds,
+            fallback_query=fallback_query, with_vectors=policy.needs_vectors,
             stage=self._stage)
         popularity: Mapping[str, float] = {}
         if policy.needs_popularity and hits:

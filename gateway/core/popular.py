@@ -14,7 +14,7 @@ from collections import defaultdict
 from visrec.gateway.core.active_index import ActiveIndex, stop_task
 from visrec.gateway.core.domain import IndexInfo, Item
 from visrec.gateway.core.errors import VisrecError
-from visrec.gateway.core.ports import CatalogReads
+from visrec.gateway.core.ports import VectorStore
 
 log = logging.getLogger(__name__)
 SAMPLE = 4000  # items read to build the diverse part
@@ -35,7 +35,7 @@ def round_robin_by_category(items: list[Item]) -> list[Item]:
 
 
 class PopularItems:
-    def __init__(self, store: CatalogReads, index: ActiveIndex, refresh_s: float = 30.0,
+    def __init__(self, store: VectorStore, index: ActiveIndex, refresh_s: float = 30.0,
                  size: int = 500) -> None:
         self._store = store
         self._index = index

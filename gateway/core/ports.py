@@ -26,6 +26,11 @@ class Embedder(Protocol):
         """The embedding model answers its readiness check (never raises)."""
         ...
 
+    async def image_limits(self, model_version: str) -> Mapping[str, str] | None:
+        """The image limits in ``model_version``'s config parameters (max_pixels,
+        max_aspect_ratio, min_side); None when they cannot be read now (never raises)."""
+        ...
+
     async def served_version(self) -> str | None:
         """The model version requests are served by now (None: no version is ready)."""
         ...
@@ -66,14 +71,10 @@ class CatalogReads(Protocol):
         """Up to ``limit`` items satisfying conditions, in storage order (no vector query)."""
         ...
 
-    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]: ...
-
-    async def most_popular(self, limit: int) -> list[tuple[str, float]]: ...
-
 
 class UserState(Protocol):
-    """Profiles (stored beside an index: same model version, same embedding space), the
-    interaction log and per-item popularity (model-version independent)."""
+    """Profiles (stored beside an index: same model version, same embedding space) and the
+    interaction log, the source of truth of every count (model-version independent)."""
 
     async def get_profile(self, index: IndexInfo, user_id: str, *,
                           for_update: bool = True) -> UserProfile | None: ...
@@ -86,10 +87,21 @@ class UserState(Protocol):
         ...
 
     async def log_interaction(self, event: Interaction) -> None:
-        """Idempotent by event id."""
+        """Idempotent by event id: a retry adds no row."""
         ...
 
-    async def add_popularity(self, item_id: str, weight: float) -> None: ...
+    async def event_logged(self, event_id: str) -> bool: ...
+
+    async def recent_items(self, user_ids: Sequence[str], limit: int
+                           ) -> Mapping[str, tuple[str, ...]]:
+        """Each user's most recent distinct items (most recent first), from the log."""
+        ...
+
+    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]:
+        """Weighted interaction counts, from the log."""
+        ...
+
+    async def most_popular(self, limit: int) -> list[tuple[str, float]]: ...
 
 
 class VectorStore(CatalogReads, UserState, Protocol):

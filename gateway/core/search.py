@@ -16,7 +16,7 @@ from visrec.gateway.core.errors import (
     NotFound,
 )
 from visrec.gateway.core.fallback import Fallback, store_budget
-from visrec.gateway.core.images import check_image
+from visrec.gateway.core.images import ImageLimits, check_image
 from visrec.gateway.core.observer import Stages
 from visrec.gateway.core.ports import CatalogReads, Embedder
 
@@ -66,10 +66,13 @@ class CatalogSearch:
     ) -> Recommendations:
         """Embed an uploaded image with the model version of the active index, then ANN."""
         self._limits.check_k(k)
-        with self._stage("decode"):
-            check_image(image, max_bytes=self._limits.max_image_bytes,
-                        max_pixels=self._limits.max_image_pixels)
         index = await self._index.current()
+        with self._stage("decode"):
+            params = await self._embedder.image_limits(index.model_version)
+            limits = (ImageLimits.from_parameters(params, self._limits.max_image_pixels)
+                      if params is not None else
+                      ImageLimits(max_pixels=self._limits.max_image_pixels))
+            check_image(image, max_bytes=self._limits.max_image_bytes, limits=limits)
         conds = filters.validate(conditions, index)
         with self._stage("embed"):
             embedding = await self._embedder.embed([image], model_version=index.model_version)

@@ -10,6 +10,7 @@ import json
 import secrets
 import shutil
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -35,12 +36,10 @@ JOBS_IMAGE = f"{LOCAL_REGISTRY}/visrec-export:{VERSION}-cpu"
 def stack(images: dict[str, Built], small_catalog: Path, tmp_path: Path
           ) -> Iterator[ComposeStack]:
     secrets_dir = tmp_path / "secrets"
-    secrets_dir.mkdir()
-    tokens = secrets_dir / "gateway_tokens"
-    tokens.write_text(secrets.token_hex(24) + "\n")
-    # As README tells operators: readable by the gateway's group (10001), nobody else.
-    shutil.chown(tokens, group=10001)
-    tokens.chmod(0o640)
+    secrets_dir.mkdir(mode=0o700)  # as README tells operators: the folder root's only
+    for name in ("gateway_tokens", "triton_admin_key"):
+        (secrets_dir / name).write_text(secrets.token_hex(24) + "\n")
+        (secrets_dir / name).chmod(0o644)
     env = stack_env(version=VERSION, ports={name: free_port() for name in PORTS},
                     catalog_dir=small_catalog, secrets_dir=secrets_dir)
     s = ComposeStack(f"visrec-test-{uuid.uuid4().hex[:8]}", env)
@@ -138,6 +137,14 @@ def test_the_production_stack_runs_restarts_and_rolls_out_in_containers(
     urllib.request.urlopen(request, timeout=10).close()
     _wait(lambda: "VisrecContainerTest" in stack.logs("alert-webhook"),
           "the alert reaching the webhook receiver", 90)
+
+    # Only the rollout may change what Triton serves: its repository API wants the admin key.
+    refused = urllib.request.Request(
+        f"http://127.0.0.1:{stack.env['VISREC_TRITON_HTTP_PORT']}/v2/repository/models/"
+        "image_embedding/unload", data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as forbidden:
+        urllib.request.urlopen(refused, timeout=10)
+    assert forbidden.value.code in (401, 403)
 
     # A restart of the whole stack keeps the catalog, the interactions and the active version.
     stack.stop()

@@ -15,17 +15,22 @@ adaptation named here (docs/ENVIRONMENT.md has the details):
   tmpfs, mounted by hostPath: podman 4.3.1 ignores the medium and mounts a root-owned folder on
   disk that uid 1000 cannot write (a kubelet makes a world-writable tmpfs). Without it, the
   runtime's 64 MB /dev/shm crashes Triton's python backend under load (lock_exception).
+- The Secret triton-admin-key is a podman secret made by the test (kube play 4.3.1 cannot read
+  a Secret from the YAML: "is not valid JSON"), as an operator creates it with kubectl.
 - Probes are not run by podman (grpc and named ports are not supported): the test runs each.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -43,7 +48,7 @@ from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
 from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.local.containers import LOCAL_REGISTRY, STANDIN, Podman
 
-IMAGES = {"visrec-triton": f"{LOCAL_REGISTRY}/visrec-triton-cpu:{VERSION}",
+IMAGES = {"visrec-triton-cpu": f"{LOCAL_REGISTRY}/visrec-triton-cpu:{VERSION}",
           "visrec-gateway": f"{LOCAL_REGISTRY}/visrec-gateway:{VERSION}",
           "visrec-export": f"{LOCAL_REGISTRY}/visrec-export:{VERSION}-cpu"}
 
@@ -93,9 +98,15 @@ def port_of(container: dict[str, Any], port: int | str) -> int:
     return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
 
 
-def probe_passes(probe: dict[str, Any], container: dict[str, Any], ip: str) -> bool:
-    """Run a Kubernetes probe (httpGet or grpc) against the container at ``ip``."""
+def probe_passes(probe: dict[str, Any], container: dict[str, Any], ip: str,
+                 podman: Podman | None = None, name: str = "") -> bool:
+    """Run a Kubernetes probe (httpGet, grpc, or exec in container ``name``) against the
+    container at ``ip``."""
     timeout = probe.get("timeoutSeconds", 1) + 2
+    if "exec" in probe:
+        assert podman is not None and name
+        done = podman("exec", name, *probe["exec"]["command"], check=False, timeout=timeout)
+        return done.returncode == 0
     if "httpGet" in probe:
         get = probe["httpGet"]
         url = f"http://{ip}:{port_of(container, get['port'])}{get['path']}"
@@ -175,6 +186,7 @@ def pods(images, tmp_path) -> Iterator[tuple[Pods, str]]:
         for claim in ("model-repository", "catalog"):
             podman("volume", "rm", "-f", f"{claim}-{run_id}", check=False)
         podman("network", "rm", "-f", network, check=False)
+        podman("secret", "rm", "triton-admin-key", check=False)
 
 
 def fill(podman: Podman, volume: str, source: Path) -> None:
@@ -204,7 +216,12 @@ def test_the_cpu_overlay_pod_specs_run_with_their_security_context_env_and_probe
     wait_for(lambda: podman("healthcheck", "run", f"visrec-milvus-{run_id}",
                             check=False).returncode == 0, "Milvus healthy", 180)
 
-    # Triton: its init container first, then the pod; its probes pass.
+    # The Secret an operator creates; then Triton: its init container first, then the pod.
+    key = base64.b64encode(secrets.token_hex(16).encode()).decode()
+    secret_file = tmp_path / "triton-admin-key.json"
+    secret_file.write_text(json.dumps({"key": key}))
+    podman("secret", "rm", "triton-admin-key", check=False)
+    podman("secret", "create", "triton-admin-key", str(secret_file))
     triton = workload(docs, "Deployment", "triton")
     [init] = triton["spec"]["template"]["spec"]["initContainers"]
     waited = podman("run", "--rm", "--user", "1000:1000", "--read-only", "-v",
@@ -215,7 +232,13 @@ def test_the_cpu_overlay_pod_specs_run_with_their_security_context_env_and_probe
     container = triton["spec"]["template"]["spec"]["containers"][0]
     ip = p.ip("triton", "triton")
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        wait_for(lambda k=kind: probe_passes(container[k], container, ip), f"Triton {kind}", 180)
+        wait_for(lambda k=kind: probe_passes(container[k], container, ip, podman,
+                                             "triton-triton"), f"Triton {kind}", 180)
+    # Its repository API needs the admin key: this call has none.
+    refused = urllib.request.Request(f"http://{ip}:8000/v2/repository/models/preprocess/load",
+                                     data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(refused, timeout=10)
 
     # The reindex Job's pod embeds the catalog through that Triton into Milvus.
     reindex = workload(docs, "Job", "reindex")

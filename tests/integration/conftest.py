@@ -19,7 +19,7 @@ from tests.support import free_port
 from visrec.export.cli import build_parser
 from visrec.export.cli import run as run_export
 from visrec.export.indexing.ingest import IngestReport, ingest
-from visrec.export.indexing.triton_versions import TritonVersions
+from visrec.export.indexing.triton_fleet import TritonFleet
 from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.gateway.adapters.milvus import MilvusDatabase
 from visrec.gateway.adapters.triton_embedder import TritonEmbedder
@@ -151,9 +151,9 @@ def milvus_server(milvus_server_process: MilvusServer) -> str:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def controls(triton, milvus_lite_uri):
+async def controls(triton, milvus_lite_uri, model_repository):
     db = MilvusDatabase(milvus_lite_uri, timeout_s=60)
-    versions = TritonVersions(triton.grpc_url)
+    versions = TritonFleet(triton.grpc_url, model_repository)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=300)
     yield db, versions, embedder
     await embedder.close()

@@ -26,6 +26,7 @@ class FakeEmbedder:
         self.dims = dict(versions) if versions is not None else {version: dim}
         self.calls = 0
         self.asked: list[str] = []
+        self.limits: Mapping[str, str] | None = None  # what image_embedding's config says
 
     async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
         self.calls += 1
@@ -44,6 +45,9 @@ class FakeEmbedder:
 
     async def ready(self) -> bool:
         return True
+
+    async def image_limits(self, model_version: str) -> Mapping[str, str] | None:
+        return self.limits
 
     async def served_version(self) -> str | None:
         return self.version
@@ -68,7 +72,6 @@ class InMemoryStore:
         self.pointer: str | None = None
         self.profiles_by_collection: dict[str, dict[str, UserProfile]] = {}
         self.events: dict[str, Interaction] = {}
-        self.pop: dict[str, float] = {}
         self.down = False  # simulate Milvus being away
         if index is not None:
             self.collections[index.collection] = dict(items or {})
@@ -134,12 +137,6 @@ class InMemoryStore:
         return [it for it, _ in self._rows(index).values()
                 if all(matches(it.value(c.field), c) for c in conditions)][:limit]
 
-    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]:
-        return {i: self.pop[i] for i in ids if i in self.pop}
-
-    async def most_popular(self, limit: int) -> list[tuple[str, float]]:
-        return sorted(self.pop.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-
     # ------------------------------------------------------------------ UserState, UserLog
     def _profiles(self, index: IndexInfo) -> dict[str, UserProfile]:
         return self.profiles_by_collection.setdefault(users_collection(index), {})
@@ -169,11 +166,38 @@ class InMemoryStore:
         self._check()
         self.events[event.event_id] = event
 
+    async def event_logged(self, event_id: str) -> bool:
+        self._check()
+        return event_id in self.events
+
     def interactions(self) -> list[Interaction]:
         return sorted(self.events.values(), key=lambda e: (e.at, e.event_id))
 
-    async def add_popularity(self, item_id: str, weight: float) -> None:
-        self.pop[item_id] = self.pop.get(item_id, 0.0) + weight
+    async def recent_items(self, user_ids: Sequence[str], limit: int
+                           ) -> Mapping[str, tuple[str, ...]]:
+        self._check()
+        out: dict[str, tuple[str, ...]] = {}
+        for user in user_ids:
+            mine = sorted((e for e in self.events.values() if e.user_id == user),
+                          key=lambda e: -e.at)
+            if mine:
+                out[user] = tuple(dict.fromkeys(e.item_id for e in mine))[:limit]
+        return out
+
+    @property
+    def pop(self) -> dict[str, float]:
+        """Weighted counts derived from the log, as the Milvus store derives them."""
+        scores: dict[str, float] = {}
+        for e in self.events.values():
+            scores[e.item_id] = scores.get(e.item_id, 0.0) + e.weight
+        return scores
+
+    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]:
+        pop = self.pop
+        return {i: pop[i] for i in ids if i in pop}
+
+    async def most_popular(self, limit: int) -> list[tuple[str, float]]:
+        return sorted(self.pop.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 
     async def close(self) -> None:
         pass
@@ -268,26 +292,47 @@ class FakeDatabase:
         pass
 
 
-class FakeTritonVersions:
-    """The rollout's view of Triton: which versions are loaded; ``refuse`` makes loading a
-    version fail as a replica without its files would."""
+class FakeTritonFleet:
+    """The rollout's view of the Triton replicas: what each serves; ``refuse`` makes loading a
+    version fail on one replica, as a replica without its files would."""
 
-    def __init__(self, loaded: Sequence[str] = ("1",), refuse: Sequence[str] = ()) -> None:
-        self.loaded = list(loaded)
+    def __init__(self, loaded: Sequence[str] = ("1",), refuse: Sequence[str] = (),
+                 replicas: Sequence[str] = ("triton-a:8001", "triton-b:8001")) -> None:
+        self.loaded = {r: sorted(loaded, key=int) for r in replicas}
         self.refuse = set(refuse)
         self.history: list[list[str]] = []
+        self.served = sorted(loaded, key=int)
 
-    async def ready(self, model: str = "image_embedding") -> list[str]:
-        return sorted(self.loaded, key=int)
+    def replicas(self) -> list[str]:
+        return sorted(self.loaded)
 
-    async def serve(self, versions: Sequence[str]) -> None:
-        from visrec.export.indexing.triton_versions import RolloutError
+    def durable(self) -> list[str]:
+        return list(self.served)
 
-        self.history.append(sorted(versions, key=int))
+    async def ready(self) -> list[str]:
+        return sorted(set.intersection(*(set(v) for v in self.loaded.values())), key=int)
+
+    async def serve(self, versions: Sequence[str]) -> list[str]:
+        from visrec.export.indexing.triton_fleet import RolloutError
+
+        wanted = sorted(versions, key=int)
+        self.history.append(wanted)
         bad = sorted(set(versions) & self.refuse)
         if bad:
-            raise RolloutError(f"Triton cannot load image_embedding version(s) {bad}")
-        self.loaded = sorted(versions, key=int)
+            raise RolloutError(f"Triton replica {self.replicas()[-1]} cannot load {bad}")
+        self.served = wanted
+        for replica in self.loaded:
+            self.loaded[replica] = wanted
+        return self.replicas()
+
+    async def verify(self, versions: Sequence[str]) -> list[str]:
+        from visrec.export.indexing.triton_fleet import RolloutError
+
+        lacking = [r for r, v in self.loaded.items() if not set(versions) <= set(v)]
+        if lacking:
+            raise RolloutError(f"Triton replica(s) without version(s) {list(versions)}: "
+                               f"{lacking}")
+        return self.replicas()
 
     async def close(self) -> None:
         pass

@@ -140,8 +140,12 @@ def test_triton_serves_with_explicit_model_control_shm_and_a_headless_service(ov
     c = spec["containers"][0]
     assert "--model-control-mode=explicit" in c["args"]
     assert "--load-model=image_embedding" in c["args"]
-    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Ready = every version the repository lists is served (not only "the server is up").
+    for probe in ("startupProbe", "readinessProbe"):
+        assert c[probe]["exec"]["command"] == ["python3", "/opt/visrec/ready.py"], probe
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    key = next(e for e in c["env"] if e["name"] == "TRITON_ADMIN_KEY")
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "triton-admin-key", "key": "key"}
     shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
@@ -236,6 +240,35 @@ def test_the_ab_configmap_parses_with_the_gateways_own_loader(overlay):
                      if d["metadata"]["name"].startswith(("gateway-config", "ab-experiment"))}
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_rollout_job_is_valid_admitted_and_holds_the_triton_admin_key(overlay):
+    from scripts.rollout_job import rollout_job
+
+    docs = RENDERED[overlay]
+    job = rollout_job(docs, "2", catalog=True, name="rollout-v2")
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False  # DNS finds the replicas: no RBAC
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [c] = pod["containers"]
+    assert c["command"] == ["visrec-rollout"] and c["args"][:2] == ["--to", "2"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e for e in c["env"]}
+    assert env["VISREC_TRITON_REPLICAS"]["value"] == "triton:8001"  # the headless Service
+    triton = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    triton_key = next(e for e in triton["env"] if e["name"] == "TRITON_ADMIN_KEY")
+    assert env["VISREC_TRITON_ADMIN_KEY"]["valueFrom"] == triton_key["valueFrom"]
+    models = next(m for m in c["volumeMounts"] if m["mountPath"] == "/models")
+    assert not models.get("readOnly")  # the served set is written into the configs
+    gateway = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert "TRITON_ADMIN_KEY" not in yaml.safe_dump(gateway)  # gateways cannot load models
+    label = job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+    for name in ("triton-ingress", "milvus-ingress"):
+        if of_kind(docs, "NetworkPolicy", name):
+            rule = one(docs, "NetworkPolicy", name)["spec"]["ingress"][0]["from"][0]
+            assert label in rule["podSelector"]["matchExpressions"][0]["values"], name
+
+
 def test_only_the_gateway_and_jobs_reach_triton_and_milvus():
     docs = RENDERED["gpu"]
     for name in ("triton-ingress", "milvus-ingress"):
@@ -244,7 +277,8 @@ def test_only_the_gateway_and_jobs_reach_triton_and_milvus():
             for peer in rule["from"]:
                 if "podSelector" in peer and "matchExpressions" in peer["podSelector"]:
                     allowed = peer["podSelector"]["matchExpressions"][0]["values"]
-                    assert set(allowed) == {"visrec-gateway", "visrec-reindex"}
+                    assert set(allowed) == {"visrec-gateway", "visrec-reindex",
+                                            "visrec-rollout"}
                 elif "namespaceSelector" in peer:
                     assert peer["namespaceSelector"]["matchLabels"] == {
                         "kubernetes.io/metadata.name": "monitoring"}
@@ -340,7 +374,10 @@ def test_compose_production_settings():
     # python3 is in every Triton image (the python backend needs it); curl is not promised.
     assert triton["healthcheck"]["test"] == ["CMD", "python3", "/opt/visrec/ready.py"]
     ready = (ROOT / "docker/triton/ready.py").read_text()
-    assert "/v2/health/ready" in ready and "/v2/models/image_embedding/ready" in ready
+    assert "/v2/models/{model}/versions/{v}/ready" in ready  # every listed version
+    assert triton["environment"]["TRITON_ADMIN_KEY_FILE"] == "/run/secrets/triton_admin_key"
+    assert SERVICES["rollout"]["secrets"] == ["triton_admin_key"]
+    assert "triton_admin_key" not in SERVICES["gateway"].get("secrets", [])
     for name, svc in SERVICES.items():
         if "tools" in svc.get("profiles", []):
             assert svc["restart"] == "no", name

@@ -17,7 +17,7 @@ OPTS = repo.ServingOptions()
 
 @pytest.mark.parametrize("target", repo.TARGETS)
 def test_encoder_config_for_every_target_parses_into_model_config(target, tmp_path):
-    path = repo.write_config(tmp_path, repo.encoder_config(target, OPTS))
+    path = repo.write_config(tmp_path, repo.encoder_config(target, OPTS), serve=[1])
     parsed = repo.parse_pbtxt(path.read_text())
     assert parsed.name == "image_encoder" and parsed.max_batch_size == 64
     assert [i.name for i in parsed.input] == ["PIXELS"]
@@ -25,7 +25,7 @@ def test_encoder_config_for_every_target_parses_into_model_config(target, tmp_pa
     assert list(parsed.input[0].dims) == [3, -1, -1]
     assert list(parsed.output[0].dims) == [-1]
     assert parsed.HasField("dynamic_batching")
-    assert parsed.version_policy.latest.num_versions == 2
+    assert list(parsed.version_policy.specific.versions) == [1]
     kind = parsed.instance_group[0].kind
     if target == "cpu":
         assert parsed.backend == "python" and kind == mc.ModelInstanceGroup.KIND_CPU
@@ -38,15 +38,37 @@ def test_encoder_config_for_every_target_parses_into_model_config(target, tmp_pa
 
 
 def test_preprocess_and_pipeline_configs_parse(tmp_path):
-    pre_path = repo.write_config(tmp_path, repo.preprocess_config(OPTS))
-    pipe_path = repo.write_config(tmp_path, repo.pipeline_config(OPTS))
+    pre_path = repo.write_config(tmp_path, repo.preprocess_config(OPTS), serve=[1])
+    pipe_path = repo.write_config(tmp_path, repo.pipeline_config(OPTS), serve=[1])
     pre, pipe = repo.parse_pbtxt(pre_path.read_text()), repo.parse_pbtxt(pipe_path.read_text())
     assert pre.input[0].data_type == mc.TYPE_STRING and pre.backend == "python"
     assert list(pre.output[0].dims) == [3, -1, -1]
     assert pipe.name == "image_embedding" and pipe.backend == "python"
     assert pipe.input[0].data_type == mc.TYPE_STRING and list(pipe.output[0].dims) == [-1]
     assert pipe.parameters["encoder_model"].string_value == "image_encoder"
-    assert pipe.version_policy.latest.num_versions == 2
+    assert list(pipe.version_policy.specific.versions) == [1]
+
+
+def test_the_served_set_is_durable_and_only_the_rollout_changes_it(tmp_path):
+    """A new repository serves its first version; rewriting the configs (another export)
+    keeps what is served; set_served_versions changes it, only to versions that exist."""
+    for version in (1, 2):
+        for model in repo.MODELS:
+            (tmp_path / model / str(version)).mkdir(parents=True)
+    configs = (repo.preprocess_config(OPTS), repo.encoder_config("cpu", OPTS),
+               repo.pipeline_config(OPTS))
+    for config in configs:
+        repo.write_config(tmp_path, config, serve=[1])
+    for model in repo.MODELS:
+        assert repo.served_versions(tmp_path, model) == [1]
+    for config in configs:  # the export of version 2 rewrites the configs
+        repo.write_config(tmp_path, config, serve=[2])
+    assert repo.served_versions(tmp_path) == [1]
+    repo.set_served_versions(tmp_path, ["2", "1"])
+    assert all(repo.served_versions(tmp_path, m) == [1, 2] for m in repo.MODELS)
+    with pytest.raises(ExportError, match="no version folder \\[3\\]"):
+        repo.set_served_versions(tmp_path, [3])
+    assert repo.served_versions(tmp_path) == [1, 2]  # a refused change changes nothing
 
 
 def test_python_versions_carry_their_own_preprocessing_and_are_rewritten_only_on_change(
@@ -106,7 +128,7 @@ def test_a_version_is_readable_by_another_user_whatever_the_umask(tmp_path):
         repo.write_version_atomically(
             tmp_path, 1, lambda d: (d / "model.onnx").write_bytes(b"v1") and {"v": 1})
         repo.write_python_version(tmp_path, repo.PIPELINE, 1, SPEC)
-        repo.write_config(tmp_path, repo.pipeline_config(OPTS))
+        repo.write_config(tmp_path, repo.pipeline_config(OPTS), serve=[1])
     finally:
         os.umask(old)
     for path in [tmp_path / "image_encoder", *(tmp_path / "image_encoder").rglob("*"),

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.fakes import FakeDatabase, FakeEmbedder, FakeTritonVersions, InMemoryStore
+from tests.unit.fakes import FakeDatabase, FakeEmbedder, FakeTritonFleet, InMemoryStore
 from visrec.export.indexing.ingest import ingest
 from visrec.export.indexing.rollout import carry_profiles, rollout, verify
-from visrec.export.indexing.triton_versions import RolloutError
+from visrec.export.indexing.triton_fleet import RolloutError
 from visrec.gateway.core.domain import IndexInfo
 from visrec.gateway.core.errors import VisrecError
 from visrec.gateway.core.profiles import UserProfile
@@ -90,11 +90,12 @@ async def _version_1(tmp_path: Path, n: int = 12) -> tuple[FakeDatabase, FakeEmb
 
 async def test_rollout_steps_in_order_and_switches_only_after_verifying(tmp_path):
     db, embedder, catalog = await _version_1(tmp_path)
-    triton = FakeTritonVersions(["1"])
+    triton = FakeTritonFleet(["1"])
     timeline = await rollout("2", db, triton, embedder, catalog=catalog, grace_s=0,
                              progress=False)
     assert [s.name for s in timeline.steps] == ["load", "re-embed", "verify", "profiles",
-                                                "switch", "catch-up", "grace", "unload"]
+                                                "replicas", "switch", "catch-up", "grace",
+                                                "unload"]
     assert triton.history == [["1", "2"], ["2"]]  # both during the roll, then only the new one
     assert db.admin.switches == ["items_v1", "items_v2"]
     active = db.admin.active_index()
@@ -103,7 +104,7 @@ async def test_rollout_steps_in_order_and_switches_only_after_verifying(tmp_path
 
 async def test_rollout_that_fails_verification_switches_nothing(tmp_path):
     db, embedder, catalog = await _version_1(tmp_path)
-    triton = FakeTritonVersions(["1"])
+    triton = FakeTritonFleet(["1"])
     real_search = db.store.search_many
 
     async def every_item_finds_another(index, vectors, k, conds, *, with_vectors=False):
@@ -115,16 +116,35 @@ async def test_rollout_that_fails_verification_switches_nothing(tmp_path):
         await rollout("2", db, triton, embedder, catalog=catalog, grace_s=0, progress=False)
     assert db.admin.active_index().collection == "items_v1"
     assert db.admin.switches == ["items_v1"]
-    assert "2" in triton.loaded and "1" in triton.loaded  # N still served
+    assert all(v == ["1", "2"] for v in triton.loaded.values())  # N still served
 
 
 async def test_rollout_stops_before_the_switch_when_triton_cannot_load(tmp_path):
     db, embedder, catalog = await _version_1(tmp_path)
-    triton = FakeTritonVersions(["1"], refuse=["2"])
+    triton = FakeTritonFleet(["1"], refuse=["2"])
     with pytest.raises(RolloutError, match="cannot load"):
         await rollout("2", db, triton, embedder, catalog=catalog, grace_s=0, progress=False)
     assert db.admin.active_index().collection == "items_v1"
     assert "items_v2" not in db.store.collections  # nothing re-embedded either
+
+
+async def test_a_replica_that_lost_the_new_version_stops_the_switch(tmp_path):
+    """Between the load and the switch a replica restarts without version 2 (say, from a stale
+    repository copy): the check right before the switch names it, and nothing switches."""
+    db, embedder, catalog = await _version_1(tmp_path)
+    triton = FakeTritonFleet(["1"])
+    real_carry = db.store.get_profiles
+
+    async def a_replica_restarts(index, user_ids):
+        triton.loaded["triton-b:8001"] = ["1"]
+        return await real_carry(index, user_ids)
+
+    db.store.get_profiles = a_replica_restarts  # type: ignore[method-assign]
+    await db.store.put_profile(db.admin.index_info("items_v1"),
+                               UserProfile("u1", None, ("item-1",), {}, (), 1, 1.0))
+    with pytest.raises(RolloutError, match="triton-b:8001"):
+        await rollout("2", db, triton, embedder, catalog=catalog, grace_s=0, progress=False)
+    assert db.admin.active_index().collection == "items_v1"
 
 
 async def test_verify_counts_rows_against_the_catalog(tmp_path):
@@ -141,7 +161,7 @@ async def test_profiles_are_rebuilt_in_the_new_space_from_recent_items(tmp_path)
     recent = ("item-3", "item-1")  # most recent first
     await db.store.put_profile(src, UserProfile("u1", np.ones(4, np.float32), recent,
                                                 {"click": 2}, (), 2, 10.0))
-    await rollout("2", db, FakeTritonVersions(["1"]), embedder, catalog=catalog, grace_s=0,
+    await rollout("2", db, FakeTritonFleet(["1"]), embedder, catalog=catalog, grace_s=0,
                   progress=False)
     dst = db.admin.index_info("items_v2")
     moved = await db.store.get_profile(dst, "u1")

@@ -165,3 +165,64 @@ async def test_bad_interactions(user, item, kind, error, message):
     with pytest.raises(error, match=message):
         await core.record_interaction(user, item, kind, "r")
     assert not store.profiles and not store.events
+
+
+async def test_a_failed_log_write_fails_the_call_and_the_retry_applies_it_once():
+    """The profile moved, then the log (the commit point) failed: the call fails, the retry
+    logs the interaction without moving the profile a second time."""
+    from visrec.gateway.core.errors import BackendUnavailable
+
+    core, store = make()
+    real_log = store.log_interaction
+
+    async def broken(event):
+        raise BackendUnavailable("Milvus went away mid-call")
+
+    store.log_interaction = broken  # type: ignore[method-assign]
+    with pytest.raises(BackendUnavailable):
+        await core.record_interaction("u1", "fruit-1", "click", "req-1")
+    assert store.events == {} and store.profiles["u1"].interactions == 1
+    store.log_interaction = real_log  # type: ignore[method-assign]
+    retry = await core.record_interaction("u1", "fruit-1", "click", "req-1")
+    assert retry.counted and len(store.events) == 1
+    assert store.profiles["u1"].interactions == 1  # not moved twice
+    assert store.pop == {"fruit-1": 1.0}  # counted once, from the log
+
+
+async def test_a_failed_profile_write_fails_the_call_and_changes_nothing():
+    from visrec.gateway.core.errors import BackendUnavailable
+
+    core, store = make()
+
+    async def broken(index, profile):
+        raise BackendUnavailable("Milvus went away")
+
+    real_put = store.put_profile
+    store.put_profile = broken  # type: ignore[method-assign]
+    with pytest.raises(BackendUnavailable):
+        await core.record_interaction("u1", "fruit-1", "click", "req-1")
+    assert store.events == {} and store.pop == {}
+    store.put_profile = real_put  # type: ignore[method-assign]
+    assert (await core.record_interaction("u1", "fruit-1", "click", "req-1")).counted
+    assert store.pop == {"fruit-1": 1.0}
+
+
+async def test_a_retry_changes_nothing_not_even_the_logged_time_or_arm():
+    core, store = make("a=similarity:50, b=mmr(0.5):50", override=True)
+    first = await core.record_interaction("u1", "fruit-1", "click", "req-1")
+    [event] = store.events.values()
+    again = await core.record_interaction("u1", "fruit-1", "click", "req-1", arm_override="b"
+                                          if first.arm == "a" else "a")
+    assert not again.counted and list(store.events.values()) == [event]
+
+
+async def test_recommend_reads_recent_items_from_the_log_not_the_profile_row():
+    """A profile row can be missing for a moment (an upsert is a delete and an insert) or lost
+    a step to another replica: the log still knows the user's items, so no cold answer."""
+    core, store = make()
+    for i in range(3):
+        await core.record_interaction("u1", f"fruit-{i}", "click", f"req-{i}")
+    store.profiles.clear()
+    r = await core.recommend("u1", 5, exclude_seen=True)
+    assert r.degraded == "" and all(i.item.subcategory == "food-fruit" for i in r.items)
+    assert not {"fruit-0", "fruit-1", "fruit-2"} & {i.item.id for i in r.items}

@@ -121,3 +121,19 @@ async def test_search_by_image_returns_k_ranked_items():
     assert len(result.items) == 4
     assert [h.score for h in result.items] == sorted((h.score for h in result.items),
                                                      reverse=True)
+
+
+async def test_search_by_image_refuses_what_the_models_config_refuses_before_triton():
+    """The model's limits (image_embedding's config parameters) bound what reaches Triton."""
+    from PIL import Image
+
+    from tests.support import encode
+
+    c, emb = core()
+    emb.limits = {"max_pixels": "16000000", "max_aspect_ratio": "20", "min_side": "64"}
+    with pytest.raises(InvalidArgument, match="under the minimum of 64 pixels"):
+        await c.search_by_image(encode(Image.new("RGB", (48, 48))), 3)
+    with pytest.raises(InvalidArgument, match="more than the limit of 20"):
+        await c.search_by_image(encode(Image.new("RGB", (16000, 100))), 3)
+    assert emb.calls == 0
+    assert (await c.search_by_image(photo(), 3)).items

@@ -6,9 +6,14 @@ it import the same names from here, so a renamed field cannot drift between inge
 | --- | --- | --- |
 | ``items_v<N>`` | item id | the catalog embedded by model version N |
 | ``users_v<N>`` | user id | profiles in version N's embedding space |
-| ``interactions`` | event id | the interaction log |
-| ``item_popularity`` | item id | weighted interaction count |
+| ``interaction_log`` | event id | the interaction log: the source of truth of every count |
 | ``visrec_meta`` | record key | index records and the active-index pointer |
+
+The interaction log is append-only and keyed by the event's idempotency key, so a retry adds
+nothing; popularity and a user's recent items are derived from it, so they are exact however many
+gateways write at once. (Before it, ``interactions`` held the log as JSON and ``item_popularity``
+a read-modify-write counter that concurrent replicas lost increments of; ``interactions`` is
+copied into the log the first time the log is opened.)
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from visrec.gateway.core.domain import IndexInfo, Interaction, Item
 from visrec.gateway.core.profiles import UserProfile
 
 META_COLLECTION = "visrec_meta"
-EVENTS_COLLECTION = "interactions"
-POPULARITY_COLLECTION = "item_popularity"
+EVENTS_COLLECTION = "interaction_log"
+LEGACY_EVENTS_COLLECTION = "interactions"
+EVENT_FIELDS = ["id", "user_id", "item_id", "kind", "weight", "at", "data"]
 POINTER_KEY = "pointer:items"
 ID_MAX_LENGTH = 512
 # Item columns a read returns (the vector only when asked for).
@@ -101,19 +107,23 @@ def create_users(c: Any, collection: str, dim: int, timeout: float) -> None:
                         consistency_level="Strong", timeout=timeout)
 
 
-def create_records(c: Any, collection: str, timeout: float) -> None:
-    """Records keyed by id: the interaction log, popularity (a score and a JSON document).
+def create_log(c: Any, timeout: float) -> None:
+    """The interaction log: who did what to which item when, filterable by user and by item.
     Milvus requires a vector field: ``unused``, never searched."""
     from pymilvus import DataType
 
     schema = _schema()
     schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-    schema.add_field("score", DataType.FLOAT)
+    schema.add_field("user_id", DataType.VARCHAR, max_length=ID_MAX_LENGTH)
+    schema.add_field("item_id", DataType.VARCHAR, max_length=ID_MAX_LENGTH)
+    schema.add_field("kind", DataType.VARCHAR, max_length=32)
+    schema.add_field("weight", DataType.FLOAT)
+    schema.add_field("at", DataType.DOUBLE)
     schema.add_field("data", DataType.JSON)
     params = c.prepare_index_params()
     params.add_index("unused", index_type="FLAT", metric_type="L2")
-    c.create_collection(collection, schema=schema, index_params=params,
-                        consistency_level="Strong", timeout=timeout)
+    c.create_collection(EVENTS_COLLECTION, schema=schema, index_params=params,
+                        consistency_level="Session", timeout=timeout)
 
 
 def create_meta(c: Any, timeout: float) -> None:
@@ -194,17 +204,13 @@ PROFILE_UPDATED_AT = 'state["updated_at"]'
 
 # ---------------------------------------------------------------------- events, popularity
 def event_row(event: Interaction) -> dict[str, Any]:
-    return {"id": event.event_id, "unused": [0.0, 0.0], "score": float(event.weight),
-            "data": dataclasses.asdict(event)}
+    return {"id": event.event_id, "unused": [0.0, 0.0], "user_id": event.user_id,
+            "item_id": event.item_id, "kind": event.kind, "weight": float(event.weight),
+            "at": float(event.at), "data": dataclasses.asdict(event)}
 
 
 def event_from_row(row: Mapping[str, Any]) -> Interaction:
     return Interaction(**row["data"])
-
-
-def popularity_row(item_id: str, score: float) -> dict[str, Any]:
-    return {"id": item_id, "unused": [0.0, 0.0], "score": float(score),
-            "data": {"updated_at": time.time()}}
 
 
 # ---------------------------------------------------------------------- index records

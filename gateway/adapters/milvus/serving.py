@@ -1,4 +1,4 @@
-"""The gateway's reads: the active index, items and their vectors, ANN search, popularity."""
+"""The gateway's reads: the active index, items and their vectors, ANN search."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def read_active_index(db: MilvusConnection, c: Any) -> IndexInfo | None:
     return info
 
 
-def _in(ids: Sequence[str]) -> str:
-    return f"id in [{', '.join(quote(i) for i in ids)}]"
+def in_ids(ids: Sequence[str], field: str = "id") -> str:
+    return f"{field} in [{', '.join(quote(i) for i in ids)}]"
 
 
 class MilvusServingStore:
@@ -55,7 +55,7 @@ class MilvusServingStore:
     async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
         # Not MilvusClient.get(): it quotes string ids without escaping them.
         def call(c: Any) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = c.query(index.collection, filter=_in(ids),
+            rows: list[dict[str, Any]] = c.query(index.collection, filter=in_ids(ids),
                                                  output_fields=["id", "vector"],
                                                  timeout=self._db.timeout)
             return rows
@@ -65,7 +65,7 @@ class MilvusServingStore:
 
     async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]:
         def call(c: Any) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = c.query(index.collection, filter=_in(ids),
+            rows: list[dict[str, Any]] = c.query(index.collection, filter=in_ids(ids),
                                                  output_fields=schema.ITEM_FIELDS,
                                                  timeout=self._db.timeout)
             return rows
@@ -114,32 +114,6 @@ class MilvusServingStore:
 
         return [schema.item_from_row(r) for r in await self._db.run(call)]
 
-    async def popularity(self, ids: Sequence[str]) -> Mapping[str, float]:
-        def call(c: Any) -> list[dict[str, Any]]:
-            if not ids or not self._db.exists(c, schema.POPULARITY_COLLECTION):
-                return []
-            self._db.ensure(c, schema.POPULARITY_COLLECTION, _create_popularity(self._db))
-            rows: list[dict[str, Any]] = c.query(
-                schema.POPULARITY_COLLECTION, filter=_in(ids), output_fields=["score"],
-                timeout=self._db.timeout)
-            return rows
-
-        return {r["id"]: float(r["score"]) for r in await self._db.run(call)}
-
-    async def most_popular(self, limit: int) -> list[tuple[str, float]]:
-        def call(c: Any) -> list[tuple[str, float]]:
-            if not self._db.exists(c, schema.POPULARITY_COLLECTION):
-                return []
-            self._db.ensure(c, schema.POPULARITY_COLLECTION, _create_popularity(self._db))
-            scores = [(r["id"], float(r["score"]))
-                      for r in self._db.scan(c, schema.POPULARITY_COLLECTION, ["score"])]
-            return sorted(scores, key=lambda s: (-s[1], s[0]))[:limit]
-
-        return await self._db.run(call)
-
     async def close(self) -> None:
         await self._db.close()
 
-
-def _create_popularity(db: MilvusConnection) -> Any:
-    return lambda c: schema.create_records(c, schema.POPULARITY_COLLECTION, db.timeout)
