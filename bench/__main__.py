@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="duration of each load run")
     p.add_argument("--scale", default="10000,100000",
                    help="collection sizes of the ANN scale test (add 1000000 for 1M; slow)")
-    p.add_argument("--only", default="", help="comma-separated subset: perf,tune,gateway,"
-                   "ingest,scale (empty: all)")
+    p.add_argument("--only", default="", help="comma-separated subset: perf,tune,gateway "
+                   "(with UpsertItems),ingest,scale (empty: all)")
     p.add_argument("--target", choices=["cpu", "gpu-onnx", "gpu-tensorrt"], default="cpu",
                    help="export target benchmarked; gpu targets need --triton-url (a Triton "
                    "with the onnxruntime / tensorrt backends, e.g. the NGC container, serving "
@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             milvus.start()
             db = MilvusDatabase(milvus.uri, timeout_s=60, index_type="HNSW")
             embedder = TritonEmbedder(triton_url, timeout_s=300)
-            asyncio.run(ingest(catalog, db.admin, db.items, embedder, progress=False))
+            served = asyncio.run(ingest(catalog, db.admin, db.items, embedder,
+                                        changes=db.changes, progress=False))
+            results.put("ingest_server", {"images": served.embedded, "seconds": served.seconds,
+                                          "images_per_s": served.images_per_s})
             db.close_sync()
             port, metrics_port = free_port(), free_port()
             address = f"127.0.0.1:{port}"
@@ -261,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(load.open_loop(address, load.similar_items(queries), r,
                                            args.seconds)) for r in (25, 50, 100, 200)]
             results.put("gateway", runs)
+            # Online catalog changes: the catalog's images as new items, 32 per stream.
+            rows = [json.loads(line) for line in catalog.read_text().splitlines()[:512]]
+            fresh = [(pb_item(f"bench-upsert-{n}", r), (catalog.parent / r["image"]).read_bytes())
+                     for n, r in enumerate(rows)]
+            results.put("upsert", asyncio.run(load.upserts(address, fresh, streams=4, batch=32,
+                                                           seconds=args.seconds)))
             results.put("stages_ms", stage_means(f"http://127.0.0.1:{metrics_port}/metrics"))
             results.put("direct_milvus_similar_items", direct.similar_items_direct(
                 milvus.uri, "items_v1", queries, 10, args.seconds))
@@ -292,6 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     report.write(results.data, args.out)
     print(f"[bench] report: {args.out / 'report.md'}")
     return 0
+
+
+def pb_item(item_id: str, row: dict[str, Any]) -> Any:
+    from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+
+    item = pb.Item(id=item_id, name=row["name"], category=row["category"],
+                   subcategory=row["subcategory"])
+    item.attributes.update({k: v for k, v in row.items() if k not in (
+        "id", "image", "name", "category", "subcategory")})
+    return item
 
 
 def _onnx_file(repository: Path) -> Path:

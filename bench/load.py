@@ -93,3 +93,40 @@ async def open_loop(address: str, call: Call, rate: float, seconds: float) -> di
     result = _summary("open", rate, latencies, errors, elapsed)
     result["offered_rps"] = rate
     return result
+
+
+async def upserts(address: str, items: Sequence[tuple[pb.Item, bytes]], streams: int,
+                  batch: int, seconds: float) -> dict[str, Any]:
+    """UpsertItems at ``streams`` concurrent streams of ``batch`` items each, for ``seconds``:
+    items per second (each upsert embeds its image through Triton and writes Milvus)."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors: list[str] = []
+    upserted = 0
+    async with grpc.aio.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        end = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal upserted
+            while (now := time.perf_counter()) < end:
+                chunk = [items[next(counter) % len(items)] for _ in range(batch)]
+
+                async def stream(chunk=chunk):
+                    for item, image in chunk:
+                        yield pb.UpsertItemsRequest(item=item, image=image)
+
+                try:
+                    reply = await stub.UpsertItems(stream(), timeout=120)
+                    upserted += reply.upserted
+                    latencies.append(time.perf_counter() - now)
+                except grpc.aio.AioRpcError as e:
+                    errors.append(f"{e.code().name}: {e.details()}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(streams)))
+        elapsed = time.perf_counter() - start
+    result = _summary("closed", streams, latencies, errors, elapsed)
+    result.update(batch=batch, items=upserted, items_per_s=upserted / elapsed)
+    return result

@@ -22,7 +22,8 @@ COPY visrec visrec
 COPY gateway gateway
 COPY export export
 COPY local local
-RUN python scripts/gen_protos.py && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN python scripts/gen_protos.py && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && sha256sum /wheels/*.whl > /wheels.sha256
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG EXTRAS=export,tensorrt
@@ -31,6 +32,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     VISREC_MODEL_REPOSITORY=/models
 COPY requirements/constraints.txt /tmp/constraints.txt
+# A bind mount is not part of a layer's cache key (buildah's, at least): the wheel's checksum
+# is, so the install below reruns whenever the code changed instead of keeping a stale wheel.
+COPY --from=builder /wheels.sha256 /tmp/wheels.sha256
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     wheel="$(ls /wheels/visrec-*.whl)" \
  && pip install --no-cache-dir -c /tmp/constraints.txt "visrec[${EXTRAS}] @ file://${wheel}" \

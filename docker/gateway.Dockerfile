@@ -14,7 +14,8 @@ WORKDIR /src
 RUN pip install --no-cache-dir "grpcio-tools==1.62.*"
 COPY pyproject.toml requirements/constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
- && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt -c constraints.txt
+ && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt -c constraints.txt \
+ && sha256sum /wheels/*.whl > /wheels.sha256
 COPY proto proto
 COPY scripts/gen_protos.py scripts/gen_protos.py
 RUN mkdir -p visrec/gateway && python scripts/gen_protos.py
@@ -28,6 +29,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VISREC_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 visrec \
  && useradd --system --uid 10001 --gid visrec --home-dir /app --shell /usr/sbin/nologin visrec
+# A bind mount is not part of a layer's cache key (buildah's, at least): the checksums are, so
+# the install below reruns whenever a wheel changed instead of keeping stale packages.
+COPY --from=builder /wheels.sha256 /tmp/wheels.sha256
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index /wheels/*.whl
 COPY visrec/__init__.py /app/visrec/__init__.py

@@ -34,6 +34,10 @@ class GatewayConfig:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 16_000_000
     max_message_bytes: int = 16 * 1024 * 1024
+    # UpsertItems: items per stream and image bytes per stream, in all (the stream is checked
+    # whole before anything is written, so it is held in memory); DeleteItems: ids per call.
+    max_batch_items: int = 1000
+    max_upsert_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 10.0
     # Security (see README "Security"): TLS from PEM files (a client CA makes it mutual TLS),
     # bearer tokens (comma-separated and/or a file, one per line), a per-client rate limit
@@ -45,6 +49,7 @@ class GatewayConfig:
     auth_token_file: str = ""
     rate_limit_rps: float = 0.0
     rate_limit_burst: float = 0.0
+    auth_failures_per_minute: float = 10.0  # per client address; then RESOURCE_EXHAUSTED
     request_timeout_s: float = 30.0
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
@@ -65,13 +70,15 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         positive = ("triton_timeout_s", "milvus_timeout_s", "index_refresh_s", "max_k",
-                    "max_image_bytes", "max_image_pixels", "max_message_bytes")
+                    "max_image_bytes", "max_image_pixels", "max_message_bytes",
+                    "max_batch_items", "max_upsert_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"{env_name('metrics_port')} must be a port number (0 disables)")
-        for name in ("rate_limit_rps", "rate_limit_burst", "request_timeout_s"):
+        for name in ("rate_limit_rps", "rate_limit_burst", "request_timeout_s",
+                     "auth_failures_per_minute"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

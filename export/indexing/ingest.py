@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
 from visrec.export.indexing.catalog_file import CatalogFormatError, CatalogRow, read_catalog
+from visrec.export.indexing.online_changes import ChangesReport, catch_up
 from visrec.gateway.adapters.milvus import schema
 from visrec.gateway.config import ConfigError
 from visrec.gateway.core.domain import IndexInfo
 from visrec.gateway.core.errors import InvalidArgument, VisrecError
-from visrec.gateway.core.ports import Embedder, IndexAdmin, ItemWriter
+from visrec.gateway.core.ports import ChangeLog, Embedder, IndexAdmin, ItemWriter
 
 __all__ = ["CatalogFormatError", "IngestReport", "ingest", "main"]
 
@@ -44,6 +45,16 @@ class IngestReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
     seconds: float = 0.0
     activated: bool = False
+    catalog_ids: set[str] = field(default_factory=set)  # from the file, not changed online
+    online: ChangesReport | None = None
+
+    @property
+    def expected(self) -> int:
+        """Items the collection holds: the file's (but those changed online) and the online
+        upserts, less what could not be embedded."""
+        skipped = {i for i, _ in self.skipped}
+        online = self.online.upserted if self.online else set()
+        return len((self.catalog_ids | online) - skipped)
 
     @property
     def images_per_s(self) -> float:
@@ -92,12 +103,20 @@ async def ingest(
     embedder: Embedder,
     *,
     model_version: str | None = None,
+    changes: ChangeLog | None = None,
     batch_size: int = 32,
     concurrency: int = 4,
     activate: bool = True,
     progress: bool = True,
 ) -> IngestReport:
     rows, facets, digest = read_catalog(catalog)
+    # Online changes win over the file: an item changed online keeps its online state.
+    if changes is not None:
+        await changes.prepare()
+    online = await changes.since(0.0) if changes is not None else []
+    changed = {c.item_id for c in online}
+    rows = [r for r in rows if r.id not in changed]
+    mark = max((c.at for c in online), default=0.0)
     version = model_version or await embedder.served_version()
     if version is None:
         raise VisrecError("Triton serves no image_embedding version")
@@ -107,7 +126,7 @@ async def ingest(
 
     record = await asyncio.to_thread(admin.read_index_record, collection)
     complete = (record is not None and record.get("catalog_sha256") == digest
-                and record.get("count") == len(rows))
+                and record.get("changes_at", 0.0) == mark)
     existing = await asyncio.to_thread(writer.fingerprints, collection)
     if complete and len(existing) >= len(rows):
         report.reused = len(rows)
@@ -144,11 +163,19 @@ async def ingest(
                 bar.update(len(done))
         await asyncio.gather(*writes)
         bar.close()
-        if dim is None and not existing:
-            raise VisrecError("no image of the catalog could be embedded")
-    report.seconds = time.perf_counter() - start
+    report.catalog_ids = {r.id for r in rows}
+    if changes is not None:
+        async def ensure(dim: int) -> None:
+            await asyncio.to_thread(admin.ensure_items_collection, collection, dim)
 
-    expected = len(rows) - len(report.skipped)
+        report.online = await catch_up(changes, writer, embedder, collection, version, ensure)
+        report.embedded += report.online.embedded
+        report.skipped += report.online.skipped
+    report.seconds = time.perf_counter() - start
+    if not await asyncio.to_thread(admin.has_collection, collection):
+        raise VisrecError("no image of the catalog could be embedded")
+
+    expected = report.expected
     await asyncio.to_thread(writer.flush, collection)
     count = await asyncio.to_thread(admin.count, collection)
     if count < expected:
@@ -157,7 +184,7 @@ async def ingest(
     info = IndexInfo(collection, version, dim_now, facets, count)
     await asyncio.to_thread(admin.write_index_record, info, {
         "catalog": str(catalog), "catalog_sha256": digest if not report.skipped else "",
-        "skipped": len(report.skipped),
+        "skipped": len(report.skipped), "changes_at": mark,
     })
     if activate:
         await asyncio.to_thread(admin.activate, collection)
@@ -229,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.wait_s > 0 and version is None:
                 version = await wait_for_version(embedder, args.wait_s)
             return await ingest(args.catalog, db.admin, db.items, embedder,
-                                model_version=version, batch_size=args.batch_size,
+                                model_version=version, changes=db.changes,
+                                batch_size=args.batch_size,
                                 concurrency=args.concurrency, activate=args.activate,
                                 progress=not args.quiet)
         finally:
@@ -247,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{report.collection} (model version {report.model_version}): {report.total} items, "
         f"{report.embedded} embedded ({report.images_per_s:.0f} img/s), {report.reused} already "
         f"there, {len(report.skipped)} skipped"
+        + (f"; {report.online.render()}" if report.online and report.online.upserted
+           | report.online.deleted else "")
         + ("; now the active index" if report.activated else "")
     )
     return 0

@@ -1,7 +1,8 @@
 """visrec-rollout: serve model version M without ever comparing embeddings of two versions.
 
     serve N and M on every Triton replica (durably)  ->  re-embed the catalog into items_v<M>
-    ->  verify it  ->  carry user profiles over  ->  check every replica serves M
+    ->  apply the online catalog changes (gateways write new ones into items_v<M> too from
+    here)  ->  verify it  ->  carry user profiles over  ->  check every replica serves M
     ->  switch the active pointer (and the Milvus alias)  ->  grace period  ->  unload N
 
 Gateways pin the version of the active index in every Triton request and follow the pointer
@@ -35,15 +36,21 @@ from visrec.export.config import (
     with_arguments,
 )
 from visrec.export.indexing.ingest import CatalogFormatError, IngestReport, ingest
+from visrec.export.indexing.online_changes import catch_up
 from visrec.export.indexing.triton_fleet import RolloutError, TritonFleet
 from visrec.gateway.adapters.milvus.schema import items_collection
 from visrec.gateway.config import ConfigError
+from visrec.gateway.core.catalog import ONLINE
 from visrec.gateway.core.domain import IndexInfo
 from visrec.gateway.core.errors import VisrecError
 from visrec.gateway.core.ports import Database, Embedder, IndexAdmin, JobStore
 
 log = logging.getLogger("visrec.rollout")
 ALIAS = "visrec_items"
+
+
+class CountMismatch(RolloutError):
+    pass
 
 
 @dataclass
@@ -60,6 +67,8 @@ class Timeline:
     from_version: str | None
     steps: list[Step] = field(default_factory=list)
     ingest: IngestReport | None = None
+    expected: int = 0
+    switched: bool = False
 
     def render(self) -> str:
         t0 = self.steps[0].started if self.steps else 0.0
@@ -74,7 +83,7 @@ async def verify(admin: IndexAdmin, store: JobStore, info: IndexInfo, expected: 
     """Row count equals the catalog; a random sample of items find themselves first."""
     count = await asyncio.to_thread(admin.count, info.collection)
     if count != expected:
-        raise RolloutError(f"{info.collection} holds {count} items, the catalog {expected}")
+        raise CountMismatch(f"{info.collection} holds {count} items, the catalog {expected}")
     rows = await store.sample_items(info, (), min(max(sample * 4, 200), 16384))
     picked = random.Random(seed).sample([r.id for r in rows], min(sample, len(rows)))
     vectors = await store.get_vectors(info, picked)
@@ -164,7 +173,7 @@ async def rollout(
                 raise RolloutError(f"{collection} does not exist: give --catalog to build it")
             return f"{collection} exists ({record.get('count')} items); nothing to embed"
         timeline.ingest = await ingest(catalog, db.admin, db.items, embedder,
-                                       model_version=to_version,
+                                       model_version=to_version, changes=db.changes,
                                        activate=False, progress=progress)
         r = timeline.ingest
         return (f"{r.embedded} embedded ({r.images_per_s:.0f} img/s), {r.reused} already there, "
@@ -174,10 +183,51 @@ async def rollout(
     info = await asyncio.to_thread(db.admin.index_info, collection)
     if info is None:
         raise RolloutError(f"{collection} has no index record")
-    expected = (timeline.ingest.total - len(timeline.ingest.skipped) if timeline.ingest
-                else info.count)
-    await step("verify", lambda: verify(db.admin, db.store, info, expected, sample))
+    # From here gateways write online catalog changes into the new index as well, and the
+    # catch-ups apply every change recorded before (or while) they did.
+    await asyncio.to_thread(db.admin.mark_building, info)
+    try:
+        return await _finish(db, triton, embedder, timeline, step, current, info,
+                             grace_s=grace_s, sample=sample, alias=alias)
+    except BaseException:
+        if not timeline.switched:
+            await asyncio.to_thread(db.admin.unmark_building, collection)
+        raise
 
+
+async def _catalog_ids(db: Database, collection: str) -> set[str]:
+    """Ids in ``collection`` that came from a catalog file (not from an online change)."""
+    prints = await asyncio.to_thread(db.items.fingerprints, collection)
+    return {i for i, fp in prints.items() if not fp.startswith(ONLINE)}
+
+
+async def _finish(db: Database, triton: TritonFleet, embedder: Embedder, timeline: Timeline,
+                  step: Callable[[str, Callable[[], Any]], Any], current: IndexInfo | None,
+                  info: IndexInfo, *, grace_s: float, sample: int, alias: str) -> Timeline:
+    collection, to_version = info.collection, info.model_version
+    base = (timeline.ingest.catalog_ids if timeline.ingest
+            else await _catalog_ids(db, collection))
+    refused = {i for i, _ in timeline.ingest.skipped} if timeline.ingest else set()
+
+    async def ensure(dim: int) -> None:
+        await asyncio.to_thread(db.admin.ensure_items_collection, collection, dim)
+
+    async def changes() -> str:
+        report = await catch_up(db.changes, db.items, embedder, collection, to_version, ensure)
+        skipped = refused | {i for i, _ in report.skipped}
+        timeline.expected = len(((base - report.deleted) | report.upserted) - skipped)
+        return report.render()
+
+    await step("changes", changes)
+
+    async def check() -> str:
+        try:
+            return await verify(db.admin, db.store, info, timeline.expected, sample)
+        except CountMismatch:  # a change landed between the catch-up and the count
+            await changes()
+            return await verify(db.admin, db.store, info, timeline.expected, sample)
+
+    await step("verify", check)
     carried_at = time.time()
     if current is not None and current.collection != collection:
         async def profiles() -> str:
@@ -192,18 +242,21 @@ async def rollout(
     await step("replicas", fleet)
 
     async def switch() -> str:
+        # What gateways that had not seen the building mark yet recorded.
+        late = await changes()
         await asyncio.to_thread(db.admin.activate, collection)
+        timeline.switched = True
         aliased = await asyncio.to_thread(db.admin.point_alias, alias, collection)
         return f"active index -> {collection}" + (f"; alias {alias} moved" if aliased else
-                                                  " (no aliases on Milvus Lite)")
+                                                  " (no aliases on Milvus Lite)") + f"; {late}"
 
     await step("switch", switch)
     if current is not None and current.collection != collection:
-        async def catch_up() -> str:
+        async def late_profiles() -> str:
             n = await carry_profiles(db.store, current, info, since=carried_at - 1.0)
             return f"{n} profiles updated during the rollout carried over"
 
-        await step("catch-up", catch_up)
+        await step("catch-up", late_profiles)
 
         async def grace() -> str:
             await asyncio.sleep(grace_s)
@@ -212,6 +265,7 @@ async def rollout(
         await step("grace", grace)
 
     async def unload() -> str:
+        await asyncio.to_thread(db.admin.unmark_building, collection)
         replicas = await triton.serve([to_version])
         return f"{len(replicas)} Triton replica(s) serve version {to_version} only"
 

@@ -224,6 +224,9 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
     p.add_argument("--holdout-percent", type=float, default=20.0,
                    help="users held out for visrec-evaluate (never trained on)")
     p.add_argument("--salt", default=None, help="salt of the user split (visrec-evaluate's)")
+    p.add_argument("--user-prefix", default="",
+                   help="train on the users whose ids start with this only (visrec-evaluate "
+                        "has the same flag)")
     p.add_argument("--label-field", default=None,
                    help="also treat items sharing this catalog field as positives (needs "
                         "--catalog)")
@@ -254,8 +257,10 @@ class TrainingData:
 
 
 def load_training_data(db: Database, version: str | None, percent: float, salt: str,
-                       max_items: int) -> TrainingData:
-    """Item vectors of ``items_v<version>`` and pairs from the non-held-out users' log."""
+                       max_items: int, user_prefix: str = "") -> TrainingData:
+    """Item vectors of ``items_v<version>`` and pairs from the log of the users that are not
+    held out (and whose ids start with ``user_prefix``): a held-out user's items never reach a
+    pair."""
     from visrec.export.training.holdout import held_out, items_by_user
     from visrec.gateway.adapters.milvus.schema import items_collection
 
@@ -270,7 +275,7 @@ def load_training_data(db: Database, version: str | None, percent: float, salt: 
                           f"{version}")
     ids, features = db.admin.item_vectors(collection)
     index_of = {item: n for n, item in enumerate(ids)}
-    events = db.store.interactions()
+    events = [e for e in db.store.interactions() if e.user_id.startswith(user_prefix)]
     baskets = {u: [index_of[i] for i in items if i in index_of]
                for u, items in items_by_user(events).items() if not held_out(u, percent, salt)}
     pairs = positive_pairs(baskets.values(), max_items)
@@ -298,7 +303,7 @@ def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
     db = with_arguments(jobs or JobsConfig.from_env(), args).milvus()
     try:
         data = load_training_data(db, args.from_version, args.holdout_percent, salt,
-                                  config.max_items_per_user)
+                                  config.max_items_per_user, args.user_prefix)
     finally:
         db.close_sync()
     pairs = data.pairs

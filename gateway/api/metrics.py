@@ -70,6 +70,10 @@ class GatewayMetrics:
             "visrec_interaction_retries",
             "RecordInteraction calls acknowledged without counting (same request id, item, type)",
             registry=registry)
+        self.catalog_changes = Counter(
+            "visrec_catalog_changes",
+            "Items changed online: op=upsert (UpsertItems) or delete (DeleteItems; items that "
+            "existed)", ["op"], registry=registry)
 
     # The core's Observer interface --------------------------------------------------
     def stage(self, name: str, seconds: float) -> None:
@@ -88,6 +92,9 @@ class GatewayMetrics:
             self.interactions.labels(experiment, arm, policy, kind).inc()
         else:
             self.interaction_retries.inc()
+
+    def catalog_change(self, op: str, items: int) -> None:
+        self.catalog_changes.labels(op).inc(items)
 
     def set_active_model(self, model_version: str, collection: str) -> None:
         self.active_model.clear()

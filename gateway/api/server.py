@@ -17,7 +17,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
 from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusVectorStore
+from visrec.gateway.adapters.milvus import (
+    MilvusCatalogChanges,
+    MilvusConnection,
+    MilvusItemWriter,
+    MilvusVectorStore,
+)
 from visrec.gateway.adapters.triton_embedder import TritonEmbedder
 from visrec.gateway.api import logs
 from visrec.gateway.api.metrics import GatewayMetrics, MetricsInterceptor
@@ -33,7 +38,7 @@ from visrec.gateway.config import ConfigError, GatewayConfig
 from visrec.gateway.core.active_index import ActiveIndex, stop_task
 from visrec.gateway.core.errors import VisrecError
 from visrec.gateway.core.popular import PopularItems
-from visrec.gateway.core.ports import Embedder, VectorStore
+from visrec.gateway.core.ports import CatalogEditor, ChangeLog, Embedder, VectorStore
 from visrec.gateway.core.recommender import Limits, Personalisation, RecommenderCore
 
 log = logging.getLogger(__name__)
@@ -132,6 +137,8 @@ def build_gateway(
     *,
     embedder: Embedder | None = None,
     store: VectorStore | None = None,
+    editor: CatalogEditor | None = None,
+    changes: ChangeLog | None = None,
     registry: CollectorRegistry | None = None,
     address: str | None = None,
     metrics_port: int | None = None,
@@ -139,11 +146,15 @@ def build_gateway(
     """Create the server bound to ``address`` (default: the configured one; "[::]:0" picks a
     free port) and, when started, /metrics on ``metrics_port`` (default: the configured one;
     0 picks a free port). Adapters may be passed in (tests); otherwise they come from the
-    configuration."""
+    configuration (the store, the catalog editor and the change log over one connection)."""
     embedder = embedder or TritonEmbedder(config.triton_url, config.triton_model,
                                           config.triton_timeout_s)
-    store = store or MilvusVectorStore.connect(config.milvus_uri, config.milvus_token,
-                                               config.milvus_timeout_s)
+    if store is None:
+        connection = MilvusConnection(config.milvus_uri, config.milvus_token,
+                                      config.milvus_timeout_s)
+        store = MilvusVectorStore(connection)
+        editor = editor or MilvusItemWriter(connection)
+        changes = changes or MilvusCatalogChanges(connection)
     metrics = GatewayMetrics(registry or CollectorRegistry())
     experiment = config.experiment_config()
     metrics.set_experiment(experiment.name,
@@ -154,7 +165,9 @@ def build_gateway(
         embedder, store, index,
         Limits(max_k=config.max_k, max_image_bytes=config.max_image_bytes,
                store_budget_s=config.milvus_timeout_s,
-               max_image_pixels=config.max_image_pixels),
+               max_image_pixels=config.max_image_pixels,
+               max_batch_items=config.max_batch_items,
+               max_upsert_bytes=config.max_upsert_bytes),
         observer=metrics,
         personalisation=Personalisation(
             experiment=experiment, weights=config.weights(),
@@ -163,6 +176,8 @@ def build_gateway(
             recent_queries=config.recent_queries,
             allow_arm_override=config.experiment_override),
         popular=popular,
+        editor=editor,
+        changes=changes,
     )
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -171,7 +186,7 @@ def build_gateway(
     try:
         admission = Admission(load_tokens(config.auth_tokens, config.auth_token_file),
                               config.rate_limit_rps, config.rate_limit_burst,
-                              config.request_timeout_s)
+                              config.request_timeout_s, config.auth_failures_per_minute)
         credentials = (server_credentials(config.tls_cert_file, config.tls_key_file,
                                           config.tls_client_ca_file)
                        if config.tls_cert_file else None)

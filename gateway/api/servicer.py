@@ -10,16 +10,28 @@ import dataclasses
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
+from google.protobuf.struct_pb2 import Struct
 
 from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
 from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.gateway.api.logs import request_id_var
 from visrec.gateway.api.status import status_for
-from visrec.gateway.core.domain import AnyOf, Condition, Equals, Range, Recommendations
+from visrec.gateway.core.checks import Limits
+from visrec.gateway.core.domain import (
+    AnyOf,
+    AttributeValue,
+    Condition,
+    Equals,
+    Item,
+    ItemUpsert,
+    Range,
+    Recommendations,
+    UpsertResult,
+)
 from visrec.gateway.core.errors import InvalidArgument, VisrecError
 from visrec.gateway.core.recommender import RecommenderCore
 
@@ -158,18 +170,54 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return await self._answer(context, lambda: self._core.search_by_image(
             request.image, request.k, conditions_from_pb(request.filter)))
 
-    # Declared in the API for online catalog changes, not served yet: the generated base class
-    # raises NotImplementedError, which reaches the caller as UNKNOWN (found by fuzzing).
-    async def UpsertItems(self, request_iterator: Any,
+    async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNSERVED_CATALOG_CHANGES)
-        raise AssertionError("unreachable")
+        async def call() -> UpsertResult:
+            return await self._core.upsert_items(
+                await read_upserts(request_iterator, self._core.limits))
+
+        return await self._call(context, call, lambda r, rid: pb.UpsertItemsResponse(
+            upserted=r.upserted, model_version=r.model_version))
 
     async def DeleteItems(self, request: pb.DeleteItemsRequest,
                           context: grpc.aio.ServicerContext) -> pb.DeleteItemsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNSERVED_CATALOG_CHANGES)
-        raise AssertionError("unreachable")
+        return await self._call(context, lambda: self._core.delete_items(list(request.item_ids)),
+                                lambda n, rid: pb.DeleteItemsResponse(deleted=n))
 
 
-UNSERVED_CATALOG_CHANGES = ("online catalog changes are not served yet: change the catalog file "
-                            "and run visrec-ingest")
+def attributes_from_pb(n: int, item_id: str, attributes: Struct) -> dict[str, AttributeValue]:
+    out: dict[str, AttributeValue] = {}
+    for key, value in attributes.fields.items():
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            out[key] = value.string_value
+        elif kind == "number_value":
+            out[key] = value.number_value
+        else:
+            raise InvalidArgument(f"item #{n} ({item_id!r}): attribute {key!r} must be a string "
+                                  f"or a number, not {kind or 'unset'}")
+    return out
+
+
+async def read_upserts(requests: AsyncIterator[pb.UpsertItemsRequest],
+                       limits: Limits) -> list[ItemUpsert]:
+    """The whole stream, refused as soon as it holds more items or image bytes than the
+    limits (so a caller cannot make the gateway buffer without bound)."""
+    out: list[ItemUpsert] = []
+    size = 0
+    async for request in requests:
+        n = len(out)
+        if n >= limits.max_batch_items:
+            raise InvalidArgument(f"at most {limits.max_batch_items} items per stream; send "
+                                  "the rest in another UpsertItems call")
+        size += len(request.image)
+        if size > limits.max_upsert_bytes:
+            raise InvalidArgument(f"the stream's images exceed {limits.max_upsert_bytes} bytes "
+                                  f"at item #{n}; send the rest in another UpsertItems call")
+        it = request.item
+        if not request.HasField("item"):
+            raise InvalidArgument(f"item #{n} has no item")
+        out.append(ItemUpsert(Item(it.id, it.name, it.category, it.subcategory, it.image_uri,
+                                   attributes_from_pb(n, it.id, it.attributes)),
+                              request.image))
+    return out

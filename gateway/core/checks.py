@@ -14,6 +14,8 @@ class Limits:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 16_000_000
     max_id_length: int = 256
+    max_batch_items: int = 1000  # items per UpsertItems stream / DeleteItems call
+    max_upsert_bytes: int = 64 * 1024 * 1024  # images per UpsertItems stream, in all
     # The whole vector-store part of one read (several Milvus calls) within this many seconds,
     # else the degraded answer: a slow Milvus must not hold a caller past its deadline.
     store_budget_s: float = 5.0

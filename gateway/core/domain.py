@@ -107,3 +107,27 @@ class InteractionResult:
     experiment: str
     arm: str
     counted: bool
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """The latest online change of one item: an upsert (with the item's fields; its image is
+    kept beside) or a delete."""
+
+    item_id: str
+    op: Literal["upsert", "delete"]
+    at: float
+    item: Item | None = None
+
+
+@dataclass(frozen=True)
+class ItemUpsert:
+    item: Item
+    image: bytes
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    upserted: int
+    model_version: str
+    indexes: tuple[str, ...] = ()

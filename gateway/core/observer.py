@@ -17,6 +17,8 @@ class Observer(Protocol):
     def interaction(self, experiment: str, arm: str, policy: str, kind: str,
                     counted: bool) -> None: ...
 
+    def catalog_change(self, op: str, items: int) -> None: ...
+
 
 class NullObserver:
     def stage(self, name: str, seconds: float) -> None:
@@ -28,6 +30,9 @@ class NullObserver:
 
     def interaction(self, experiment: str, arm: str, policy: str, kind: str,
                     counted: bool) -> None:
+        pass
+
+    def catalog_change(self, op: str, items: int) -> None:
         pass
 
 

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 
 from visrec.gateway.core.active_index import ActiveIndex, stop_task
 from visrec.gateway.core.domain import IndexInfo, Item
@@ -44,6 +45,12 @@ class PopularItems:
         self._pools: dict[str, list[tuple[Item, float]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Deleted items leave every cached list at once (this replica's)."""
+        gone = set(ids)
+        for collection, entries in self._pools.items():
+            self._pools[collection] = [(it, s) for it, s in entries if it.id not in gone]
 
     def pool(self, collection: str) -> list[tuple[Item, float]]:
         """(item, popularity in [0, 1]) best first; empty before the first refresh."""

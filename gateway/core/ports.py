@@ -8,7 +8,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from visrec.gateway.core.domain import Condition, IndexInfo, Interaction, Item, ScoredItem
+from visrec.gateway.core.domain import (
+    CatalogChange,
+    Condition,
+    IndexInfo,
+    Interaction,
+    Item,
+    ScoredItem,
+)
 from visrec.gateway.core.profiles import UserProfile
 
 
@@ -71,6 +78,10 @@ class CatalogReads(Protocol):
         """Up to ``limit`` items satisfying conditions, in storage order (no vector query)."""
         ...
 
+    async def building_indexes(self) -> list[IndexInfo]:
+        """Indexes a rollout is filling now (online changes must reach them too)."""
+        ...
+
 
 class UserState(Protocol):
     """Profiles (stored beside an index: same model version, same embedding space) and the
@@ -110,7 +121,39 @@ class VectorStore(CatalogReads, UserState, Protocol):
     async def close(self) -> None: ...
 
 
-class ItemWriter(Protocol):
+class CatalogEditor(Protocol):
+    """The gateway's online catalog changes to one index (UpsertItems, DeleteItems)."""
+
+    def id_problem(self, item_id: str) -> str | None:
+        """Why the database cannot hold (and delete) an item with this id, or None."""
+        ...
+
+    async def put_items(self, collection: str, items: Sequence[tuple[Item, np.ndarray]],
+                        fingerprint: str | Sequence[str] = "") -> None:
+        """Replace or add the items; ``fingerprint`` one for all, or one per item."""
+        ...
+
+    async def remove_items(self, collection: str, ids: Sequence[str]) -> set[str]:
+        """Delete the items; the ids that were there."""
+        ...
+
+
+class ChangeLog(Protocol):
+    """The online changes, durable: what ingest and rollouts apply when they rebuild."""
+
+    async def prepare(self) -> None:
+        """Create what the log needs (ingest calls it; the gateway creates it when missing)."""
+        ...
+
+    async def record(self, changes: Sequence[CatalogChange],
+                     images: Mapping[str, bytes] | None = None) -> None: ...
+
+    async def since(self, at: float) -> list[CatalogChange]: ...
+
+    async def image(self, item_id: str) -> bytes | None: ...
+
+
+class ItemWriter(CatalogEditor, Protocol):
     """Writes items into an index collection (batch ingest, rollout, online changes)."""
 
     def upsert(self, collection: str, rows: Sequence[dict[str, Any]]) -> None: ...
@@ -119,6 +162,10 @@ class ItemWriter(Protocol):
 
     def fingerprints(self, collection: str) -> dict[str, str]:
         """id -> the fingerprint stored with each item ('' where absent)."""
+        ...
+
+    async def fingerprints_of(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
+        """``fingerprints`` for the given ids only (those the collection holds)."""
         ...
 
 
@@ -145,6 +192,12 @@ class IndexAdmin(Protocol):
     def active_index(self) -> IndexInfo | None: ...
 
     def activate(self, collection: str) -> None: ...
+
+    def mark_building(self, info: IndexInfo) -> None:
+        """Gateways write online catalog changes into ``info`` too from now on."""
+        ...
+
+    def unmark_building(self, collection: str) -> None: ...
 
     def point_alias(self, alias: str, collection: str) -> bool: ...
 
@@ -173,5 +226,8 @@ class Database(Protocol):
 
     @property
     def store(self) -> JobStore: ...
+
+    @property
+    def changes(self) -> ChangeLog: ...
 
     async def close(self) -> None: ...

@@ -8,15 +8,23 @@ import time
 from collections.abc import Callable, Sequence
 
 from visrec.gateway.core.active_index import ActiveIndex
+from visrec.gateway.core.catalog_updates import CatalogUpdates
 from visrec.gateway.core.checks import Limits
-from visrec.gateway.core.domain import Condition, InteractionResult, Recommendations
+from visrec.gateway.core.domain import (
+    Condition,
+    InteractionResult,
+    ItemUpsert,
+    Recommendations,
+    UpsertResult,
+)
+from visrec.gateway.core.errors import FailedPrecondition
 from visrec.gateway.core.experiments import Arm, Experiment
 from visrec.gateway.core.fallback import Fallback
 from visrec.gateway.core.interactions import InteractionRecorder
 from visrec.gateway.core.observer import NullObserver, Observer, Stages
 from visrec.gateway.core.personalised import Personalisation, Personaliser
 from visrec.gateway.core.popular import PopularItems
-from visrec.gateway.core.ports import Embedder, VectorStore
+from visrec.gateway.core.ports import CatalogEditor, ChangeLog, Embedder, VectorStore
 from visrec.gateway.core.search import CatalogSearch
 
 __all__ = ["Limits", "Personalisation", "RecommenderCore"]
@@ -33,18 +41,25 @@ class RecommenderCore:
         personalisation: Personalisation | None = None,
         popular: PopularItems | None = None,
         clock: Callable[[], float] = time.time,
+        editor: CatalogEditor | None = None,
+        changes: ChangeLog | None = None,
     ) -> None:
         limits = limits or Limits()
+        self.limits = limits
         observer = observer or NullObserver()
         stages = Stages(observer)
         self._index = index
         self._p = personalisation or Personalisation()
-        fallback = Fallback(store, popular or PopularItems(store, index), stages)
+        popular = popular or PopularItems(store, index)
+        fallback = Fallback(store, popular, stages)
         self._search = CatalogSearch(embedder, store, index, limits, fallback, stages)
         self._personaliser = Personaliser(store, index, limits, self._p, fallback, stages,
                                           observer, clock)
         self._interactions = InteractionRecorder(store, index, limits, self._p, stages,
                                                  observer, clock)
+        self._catalog = (CatalogUpdates(embedder, store, editor, changes, index, limits,
+                                        popular, stages, observer, clock)
+                         if editor is not None and changes is not None else None)
 
     @property
     def experiment(self) -> Experiment:
@@ -72,3 +87,14 @@ class RecommenderCore:
                                  arm_override: str | None = None) -> InteractionResult:
         return await self._interactions.record(user_id, item_id, kind, request_id,
                                                arm_override)
+
+    def _updates(self) -> CatalogUpdates:
+        if self._catalog is None:
+            raise FailedPrecondition("this gateway was started without a catalog writer")
+        return self._catalog
+
+    async def upsert_items(self, items: Sequence[ItemUpsert]) -> UpsertResult:
+        return await self._updates().upsert(items)
+
+    async def delete_items(self, ids: Sequence[str]) -> int:
+        return await self._updates().delete(ids)

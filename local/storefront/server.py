@@ -2,7 +2,8 @@
 
 Choose a user id and see Recommend's image grid with the arm, policy and model version that
 served it; click an item to record the click (RecordInteraction) and see its SimilarItems;
-upload a photo to SearchByImage. Every decision is the gateway's: this server only translates
+upload a photo to SearchByImage; add a product (photo, name, category) with UpsertItems and see
+it found by its own photo. Every decision is the gateway's: this server only translates
 HTTP + JSON to gRPC and serves the catalog's images. Gateway errors come back as JSON
 ``{"error": CODE, "message": ...}`` with a matching HTTP status, and the page shows them.
 """
@@ -31,6 +32,7 @@ from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 log = logging.getLogger("visrec.storefront")
 
 STATIC = Path(__file__).resolve().parent / "static"
+UPLOADS = "uploads"
 
 # gRPC status -> HTTP status of the JSON error the page shows.
 HTTP_OF = {
@@ -54,10 +56,13 @@ class Storefront:
     """The HTTP side: one gRPC channel to the gateway, shared by the handler threads."""
 
     def __init__(self, gateway: str, catalog_dir: Path, *, token: str = "",
-                 timeout_s: float = 30.0, max_upload_bytes: int = 10 * 1024 * 1024) -> None:
+                 timeout_s: float = 30.0, max_upload_bytes: int = 10 * 1024 * 1024,
+                 uploads_dir: Path | None = None) -> None:
         self.channel = grpc.insecure_channel(gateway)
         self.stub = pb_grpc.RecommenderStub(self.channel)
         self.catalog_dir = catalog_dir.resolve()
+        # Photos of products added here; served as /images/uploads/<file>.
+        self.uploads_dir = (uploads_dir or self.catalog_dir / UPLOADS).resolve()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout_s = timeout_s
         self.max_upload_bytes = max_upload_bytes
@@ -92,6 +97,26 @@ class Storefront:
             request_id=str(body.get("request_id") or uuid.uuid4().hex)))
         return {"counted": reply.counted, "experiment": reply.experiment, "arm": reply.arm}
 
+    def add_product(self, q: dict[str, str], image: bytes) -> dict[str, Any]:
+        """UpsertItems with one item: the photo is kept beside the catalog's images (the
+        gateway stores the vector, this shop serves the picture)."""
+        name, category = q.get("name", "").strip(), q.get("category", "").strip()
+        if not name or not category:
+            raise BadRequest("a product needs a name and a category")
+        kind = imghdr_of(image)
+        if kind is None:
+            raise BadRequest("the photo must be a JPEG, PNG, GIF, WebP or BMP file")
+        item_id = f"shop-{uuid.uuid4().hex[:12]}"
+        filename = f"{item_id}.{kind}"
+        request = pb.UpsertItemsRequest(image=image, item=pb.Item(
+            id=item_id, name=name, category=category, subcategory="added in the shop",
+            image_uri=f"{UPLOADS}/{filename}"))
+        reply = self.stub.UpsertItems(iter([request]), timeout=self.timeout_s,
+                                      metadata=self.metadata)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        (self.uploads_dir / filename).write_bytes(image)
+        return {"id": item_id, "upserted": reply.upserted, "model_version": reply.model_version}
+
     def _recommendations(self, reply: Any) -> dict[str, Any]:
         items = []
         for hit in reply.items:
@@ -107,11 +132,31 @@ class Storefront:
                 "model_version": reply.model_version, "degraded": reply.degraded}
 
     def image_path(self, relative: str) -> Path | None:
-        """A file under the catalog directory (nothing outside it)."""
-        path = (self.catalog_dir / unquote(relative)).resolve()
-        if not path.is_relative_to(self.catalog_dir) or not path.is_file():
+        """A file under the catalog directory, or an added product's photo (nothing outside
+        them)."""
+        relative = unquote(relative)
+        base = self.catalog_dir
+        if relative.startswith(f"{UPLOADS}/"):
+            base, relative = self.uploads_dir, relative.removeprefix(f"{UPLOADS}/")
+        path = (base / relative).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
             return None
         return path
+
+
+def imghdr_of(data: bytes) -> str | None:
+    """The file extension of an image format the gateway accepts, by its magic bytes."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM":
+        return "bmp"
+    return None
 
 
 def _int(q: dict[str, str], name: str, default: int) -> int:
@@ -199,6 +244,8 @@ def make_handler(shop: Storefront) -> type[BaseHTTPRequestHandler]:
                 self._api(lambda: shop.search(self._query(), body))
             elif path == "/api/click":
                 self._api(lambda: shop.click(_json_body(body)))
+            elif path == "/api/products":
+                self._api(lambda: shop.add_product(self._query(), body))
             else:
                 self._error(HTTPStatus.NOT_FOUND, "NOT_FOUND", f"no endpoint {path}")
 
@@ -251,13 +298,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080, help="HTTP port")
     p.add_argument("--token", default="", help="bearer token for the gateway, if it needs one")
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of each gateway call")
+    p.add_argument("--uploads-dir", type=Path, default=None,
+                   help="where photos of products added in the shop are kept (default: "
+                        "uploads/ in --catalog-dir)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not args.catalog_dir.is_dir():
         p.error(f"--catalog-dir {args.catalog_dir} is not a directory")
     try:
         server = StorefrontServer(Storefront(args.gateway, args.catalog_dir, token=args.token,
-                                             timeout_s=args.timeout_s), args.host, args.port)
+                                             timeout_s=args.timeout_s,
+                                             uploads_dir=args.uploads_dir),
+                                  args.host, args.port)
     except OSError as e:
         print(f"visrec-storefront: cannot listen on {args.host}:{args.port}: {e}",
               file=sys.stderr)

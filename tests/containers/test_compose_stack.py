@@ -40,6 +40,8 @@ def stack(images: dict[str, Built], small_catalog: Path, tmp_path: Path
     for name in ("gateway_tokens", "triton_admin_key"):
         (secrets_dir / name).write_text(secrets.token_hex(24) + "\n")
         (secrets_dir / name).chmod(0o644)
+    with (secrets_dir / "gateway_tokens").open("a") as tokens:  # the catalog editor's
+        tokens.write(f"write:{secrets.token_hex(24)}\n")
     env = stack_env(version=VERSION, ports={name: free_port() for name in PORTS},
                     catalog_dir=small_catalog, secrets_dir=secrets_dir)
     s = ComposeStack(f"visrec-test-{uuid.uuid4().hex[:8]}", env)
@@ -96,8 +98,10 @@ def test_the_production_stack_runs_restarts_and_rolls_out_in_containers(
         assert info["HostConfig"]["ReadonlyRootfs"] is True, service
     assert stack.inspect("milvus")["Config"]["User"] == "milvus"
 
-    token = (Path(stack.env["VISREC_SECRETS_DIR"]) / "gateway_tokens").read_text().strip()
+    token, writer = (Path(stack.env["VISREC_SECRETS_DIR"]) / "gateway_tokens").read_text(
+        ).split()
     auth = (("authorization", f"Bearer {token}"),)
+    editor = (("authorization", f"Bearer {writer.removeprefix('write:')}"),)
     channel, stub = _stub(stack)
     with channel:
         with pytest.raises(grpc.RpcError) as refused:
@@ -119,6 +123,16 @@ def test_the_production_stack_runs_restarts_and_rolls_out_in_containers(
         mine = stub.Recommend(pb.RecommendRequest(user_id="shopper-1", k=4, exclude_seen=True),
                               metadata=auth, timeout=30)
         assert mine.degraded == "" and google not in [i.item.id for i in mine.items]
+        # Catalog changes need the write token; then the new item is found by its photo.
+        added = pb.UpsertItemsRequest(item=pb.Item(id="poster-1", name="Cat poster",
+                                                   category="Posters"), image=photo("chelsea"))
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.UpsertItems(iter([added]), metadata=auth, timeout=30)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert stub.UpsertItems(iter([added]), metadata=editor, timeout=60).upserted == 1
+        found = stub.SearchByImage(pb.SearchByImageRequest(image=photo("chelsea"), k=1),
+                                   metadata=auth, timeout=60)
+        assert found.items[0].item.id == "poster-1"
 
     # Prometheus found every target by DNS and scrapes them; alerts reach Alertmanager, which
     # routes them to the receiver.
@@ -179,6 +193,7 @@ def test_the_production_stack_runs_restarts_and_rolls_out_in_containers(
         v2 = stub.SearchByImage(pb.SearchByImageRequest(image=photo(), k=3), metadata=auth,
                                 timeout=60)
         assert v2.model_version == "2" and len(v2.items) == 3
+        assert v2.items[0].item.id == "poster-1"  # the online upsert survived the rollout
         carried = stub.Recommend(pb.RecommendRequest(user_id="shopper-1", k=4),
                                  metadata=auth, timeout=30)
         assert carried.degraded == "" and carried.model_version == "2"  # profile carried over

@@ -41,6 +41,23 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def version_2(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Version 2: the same backbone through a random orthogonal 1280 -> 256 projection: a
+    different embedding space (and dimension) than version 1's."""
+    import torch
+
+    head = tmp_path_factory.mktemp("head") / "head256.pt"
+    torch.manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(1280, 256))
+    torch.save({"weight": q.T.contiguous()}, head)
+    version = run_export(build_parser().parse_args(
+        ["--target", "cpu", "--quiet", "--repository", str(model_repository),
+         "--head", str(head)]))
+    assert version >= 2  # the session's repository may hold other tests' versions too
+    return str(version)
+
+
+@pytest.fixture(scope="session")
 def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[TritonServer]:
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"

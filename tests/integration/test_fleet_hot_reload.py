@@ -192,7 +192,7 @@ async def test_a_fleet_rolls_forward_and_back_while_replicas_die_without_a_faile
         print("degraded:", traffic.degraded[:20], "switched at", switched.started)
     traffic.check_rollout(switched.started + switched.seconds, new="2", old="1")
     assert traffic.counts()["RecordInteraction"] >= 10 and traffic.counts()["Recommend v2"] >= 3
-    assert [s.name for s in forward.steps] == ["load", "re-embed", "verify", "profiles",
+    assert [s.name for s in forward.steps] == ["load", "re-embed", "changes", "verify", "profiles",
                                                "replicas", "switch", "catch-up", "grace",
                                                "unload"]
     for server in servers:

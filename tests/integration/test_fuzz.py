@@ -1,22 +1,32 @@
 """Property-based fuzzing of every RPC against the real stack (gateway over gRPC, Triton,
 Milvus Lite with the ingested catalog): whatever a caller sends, the answer is a result or a
 caller's error, never INTERNAL / UNKNOWN, the process keeps serving, a filter never returns an
-item it excludes, and no id or value widens a Milvus expression (DeleteItems deletes nothing
-that was not named)."""
+item it excludes, no id or value widens a Milvus expression (DeleteItems deletes nothing that
+was not named), and UpsertItems stores hostile ids and values exactly as sent."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import math
 
 import grpc
+import numpy as np
 import pytest
+import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
+from tests.integration.conftest import serving
+from tests.integration.test_ingest import _small_catalog
+from tests.support import encode, photo
+from visrec.export.indexing.ingest import ingest
 from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
 from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.milvus.schema import items_collection
+from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.gateway.config import GatewayConfig
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -129,34 +139,64 @@ async def test_record_interaction_fuzz(fuzz_stub, user_id, item_id, kind, reques
         user_id=user_id, item_id=item_id, type=kind, request_id=request_id), timeout=30))
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def fuzz_shop(triton, catalog, tmp_path_factory):
+    """The catalog-change fuzz writes hostile items: into a small shop of its own (its own
+    Milvus Lite file and gateway), so no other test reads them."""
+    folder = tmp_path_factory.mktemp("fuzz-shop")
+    uri = str(folder / "fuzz.db")
+    db = MilvusDatabase(uri, timeout_s=60)
+    embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
+    await ingest(_small_catalog(catalog, folder, 20), db.admin, db.items, embedder,
+                 changes=db.changes, progress=False)
+    await embedder.close()
+    config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=uri, index_refresh_s=0.5)
+    async with serving(config) as gw, grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
+        yield pb_grpc.RecommenderStub(ch), db
+    await db.close()
+
+
+@pytest.fixture(scope="module")
+def small_photo() -> bytes:
+    return encode(np.asarray(Image.open(io.BytesIO(photo("coffee"))).resize((64, 48))), "PNG")
+
+
 @FUZZ
-@given(item_id=ids, image=st.binary(max_size=512), name=text)
-async def test_upsert_items_fuzz(fuzz_stub, item_id, image, name):
+@given(item_id=ids, name=text, category=value, vendor=value, real_image=st.booleans(),
+       image=st.binary(max_size=512))
+async def test_upsert_items_fuzz_stores_exactly_what_it_was_given(
+        fuzz_shop, small_photo, item_id, name, category, vendor, real_image, image):
+    stub, db = fuzz_shop
+
     async def requests():
-        yield pb.UpsertItemsRequest(item=pb.Item(id=item_id, name=name), image=image)
+        item = pb.Item(id=item_id, name=name, category=category)
+        item.attributes.update({"vendor": vendor})
+        yield pb.UpsertItemsRequest(item=item, image=small_photo if real_image else image)
 
-    # not served yet (README): UNIMPLEMENTED with a message, never UNKNOWN
-    await outcome(fuzz_stub.UpsertItems(requests(), timeout=30),
-                  frozenset({grpc.StatusCode.UNIMPLEMENTED}))
-
-
-@pytest.fixture
-def catalog_count(milvus_lite_uri, ingested):
-    db = MilvusDatabase(milvus_lite_uri)
-    try:
-        yield lambda: db.admin.count(items_collection(1))
-    finally:
-        db.close_sync()
+    reply = await outcome(stub.UpsertItems(requests(), timeout=60))
+    if reply is None:
+        return
+    assert reply.upserted == 1
+    info = await db.store.active_index()
+    stored = (await db.store.get_items(info, [item_id]))[item_id]
+    assert (stored.id, stored.name, stored.category, stored.attributes["vendor"]) == (
+        item_id, name, category, vendor)
 
 
 @FUZZ
 @given(item_ids=st.lists(ids, max_size=6))
-async def test_delete_items_fuzz_deletes_nothing_it_was_not_given(fuzz_stub, catalog_count,
-                                                                   item_ids):
-    before = catalog_count()
-    await outcome(fuzz_stub.DeleteItems(pb.DeleteItemsRequest(item_ids=item_ids), timeout=30),
-                  frozenset({grpc.StatusCode.UNIMPLEMENTED}))
-    assert catalog_count() == before
+async def test_delete_items_fuzz_deletes_nothing_it_was_not_given(fuzz_shop, item_ids):
+    stub, db = fuzz_shop
+    info = await db.store.active_index()
+    before = await asyncio.to_thread(db.admin.count, info.collection)
+    existing = set(await db.store.get_items(info, list(dict.fromkeys(item_ids)))) \
+        if item_ids and all(0 < len(i) <= 256 for i in item_ids) else set()
+    reply = await outcome(stub.DeleteItems(pb.DeleteItemsRequest(item_ids=item_ids),
+                                           timeout=30))
+    after = await asyncio.to_thread(db.admin.count, info.collection)
+    deleted = reply.deleted if reply is not None else 0
+    assert deleted == (len(existing) if reply is not None else 0)
+    assert after == before - deleted
 
 
 async def test_oversize_message_is_refused_and_the_gateway_keeps_serving(fuzz_stub, gateway):

@@ -64,7 +64,7 @@ def gpu_openmetrics(now: float, minutes: int = 20, step: int = 15) -> str:
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory, gateway, ab_gateway, triton, milvus_server
+def prometheus(tmp_path_factory, gateway, ab_gateway, triton, milvus_server_process
                ) -> PrometheusServer:
     data = tmp_path_factory.mktemp("prometheus")
     (data / "tsdb").mkdir()
@@ -78,7 +78,8 @@ def prometheus(tmp_path_factory, gateway, ab_gateway, triton, milvus_server
         targets={"visrec-gateway": [f"127.0.0.1:{gateway.metrics_port}",
                                     f"127.0.0.1:{ab_gateway.metrics_port}"],
                  "triton": [f"127.0.0.1:{triton.metrics_port}"],
-                 "milvus": ["127.0.0.1:9091"]},
+                 # where the launcher found the server's metrics (9091 unless it was taken)
+                 "milvus": [f"127.0.0.1:{milvus_server_process.metrics_port}"]},
         data_dir=data, port=free_port(), scrape_interval="1s")
     server.start()
     yield server

@@ -230,6 +230,45 @@ async def test_triton_killed_under_load(start_gateway, own_triton, items):
           f"{back - restarting:.1f} s, SearchByImage OK {recovered[0].sent - back:.2f} s later")
 
 
+async def test_triton_frozen_under_load(start_gateway, own_triton, items):
+    """A hung Triton (its process stopped, the connection open: nothing is refused, nothing
+    answers): SearchByImage gives up within VISREC_TRITON_TIMEOUT_S (3 s here) with
+    DEADLINE_EXCEEDED, SimilarItems and Recommend keep answering meanwhile, and all recovers
+    when it resumes."""
+    gw = await start_gateway()
+    users = [f"tf-{uuid.uuid4().hex[:6]}-{i}" for i in range(8)]
+    assert own_triton.process is not None
+    async with grpc.aio.insecure_channel(gw.address) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        await _warm(stub, users, items)
+        load = Load(stub, users, items)
+        running = asyncio.create_task(load.run())
+        await asyncio.sleep(2)
+        frozen = time.monotonic()
+        os.kill(own_triton.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(8)
+        finally:
+            thawed = time.monotonic()
+            os.kill(own_triton.process.pid, signal.SIGCONT)
+        await asyncio.sleep(8)
+        load.stop.set()
+        await running
+
+    for rpc in ("SimilarItems", "Recommend"):
+        during = load.between(rpc, frozen, thawed)
+        assert len(during) > 10 and {o.code for o in during} == {"OK"}, rpc
+    searches = load.between("SearchByImage", frozen, thawed - 3)
+    failed = [o for o in searches if o.code != "OK"]
+    assert failed and {o.code for o in failed} <= {"DEADLINE_EXCEEDED", "UNAVAILABLE"}
+    assert max(o.took for o in failed) < 3 + 1  # VISREC_TRITON_TIMEOUT_S + slack
+    later = load.between("SearchByImage", thawed + 3, time.monotonic())
+    assert later and {o.code for o in later} == {"OK"}
+    print(f"\nTriton frozen: {len(failed)} SearchByImage failed "
+          f"({', '.join(sorted({o.code for o in failed}))}) in <= "
+          f"{max(o.took for o in failed):.2f} s; SimilarItems and Recommend all OK")
+
+
 async def test_milvus_stalled_under_load(start_gateway, milvus_server_process: MilvusServer,
                                         items):
     """Milvus stops answering (its processes frozen, as in a partition) and comes back:

@@ -51,15 +51,20 @@ def tiles(driver: webdriver.Chrome, grid: str) -> list[str]:
         f"#{grid} .tile"))
 
 
-def browse(url: str, user: str, upload: Path, not_an_image: Path) -> dict[str, Any]:
-    """What a shopper does, step by step; returns what the page showed."""
+def chromium() -> tuple[webdriver.Chrome, WebDriverWait]:
+    """Debian's headless Chromium, and a 60 s wait on it."""
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    wait = WebDriverWait(driver, 60, ignored_exceptions=[StaleElementReferenceException])
+    return driver, WebDriverWait(driver, 60, ignored_exceptions=[StaleElementReferenceException])
+
+
+def browse(url: str, user: str, upload: Path, not_an_image: Path) -> dict[str, Any]:
+    """What a shopper does, step by step; returns what the page showed."""
+    driver, wait = chromium()
     seen: dict[str, Any] = {}
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:

@@ -9,8 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from visrec.gateway.adapters.milvus.schema import item_from_row, users_collection
-from visrec.gateway.core.domain import Condition, IndexInfo, Interaction, Item, ScoredItem
+from visrec.gateway.adapters.milvus.schema import item_from_row, item_row, users_collection
+from visrec.gateway.core.domain import (
+    CatalogChange,
+    Condition,
+    IndexInfo,
+    Interaction,
+    Item,
+    ScoredItem,
+)
 from visrec.gateway.core.errors import BackendUnavailable, FailedPrecondition, InvalidArgument
 from visrec.gateway.core.filters import matches
 from visrec.gateway.core.profiles import UserProfile
@@ -73,6 +80,9 @@ class InMemoryStore:
         self.profiles_by_collection: dict[str, dict[str, UserProfile]] = {}
         self.events: dict[str, Interaction] = {}
         self.down = False  # simulate Milvus being away
+        self.building: dict[str, IndexInfo] = {}
+        self.changes: dict[str, CatalogChange] = {}  # the change log: latest per item
+        self.images: dict[str, bytes] = {}
         if index is not None:
             self.collections[index.collection] = dict(items or {})
             self.records[index.collection] = {"info": index}
@@ -136,6 +146,10 @@ class InMemoryStore:
         self._check()
         return [it for it, _ in self._rows(index).values()
                 if all(matches(it.value(c.field), c) for c in conditions)][:limit]
+
+    async def building_indexes(self) -> list[IndexInfo]:
+        self._check()
+        return list(self.building.values())
 
     # ------------------------------------------------------------------ UserState, UserLog
     def _profiles(self, index: IndexInfo) -> dict[str, UserProfile]:
@@ -222,6 +236,28 @@ class FakeItemWriter:
     def flush(self, collection: str) -> None:
         pass
 
+    def id_problem(self, item_id: str) -> str | None:
+        return "the fake refuses ids with '!'" if "!" in item_id else None
+
+    async def put_items(self, collection: str, items: Sequence[tuple[Item, np.ndarray]],
+                        fingerprint: str | Sequence[str] = "") -> None:
+        prints = ([fingerprint] * len(items) if isinstance(fingerprint, str)
+                  else list(fingerprint))
+        self.upsert(collection, [item_row(it, v, fp)
+                                 for (it, v), fp in zip(items, prints, strict=True)])
+
+    async def remove_items(self, collection: str, ids: Sequence[str]) -> set[str]:
+        self.store._check()
+        rows = self.store.collections.get(collection, {})
+        found = {i for i in ids if i in rows}
+        for i in found:
+            del rows[i]
+        return found
+
+    async def fingerprints_of(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
+        prints = self.fingerprints(collection)
+        return {i: prints[i] for i in ids if i in prints}
+
     def fingerprints(self, collection: str) -> dict[str, str]:
         rows = self.store.collections.get(collection, {})
         stored = self.store.records.get(f"fp:{collection}", {})
@@ -279,6 +315,35 @@ class FakeIndexAdmin:
     def point_alias(self, alias: str, collection: str) -> bool:
         return False  # like Milvus Lite
 
+    def mark_building(self, info: IndexInfo) -> None:
+        self.store.building[info.collection] = info
+
+    def unmark_building(self, collection: str) -> None:
+        self.store.building.pop(collection, None)
+
+
+class FakeChangeLog:
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+
+    async def prepare(self) -> None:
+        pass
+
+    async def record(self, changes: Sequence[CatalogChange],
+                     images: Mapping[str, bytes] | None = None) -> None:
+        self.store._check()
+        for ch in changes:
+            self.store.changes[ch.item_id] = ch
+            self.store.images.pop(ch.item_id, None)
+        self.store.images.update(images or {})
+
+    async def since(self, at: float) -> list[CatalogChange]:
+        return sorted((c for c in self.store.changes.values() if c.at >= at),
+                      key=lambda c: c.at)
+
+    async def image(self, item_id: str) -> bytes | None:
+        return self.store.images.get(item_id)
+
 
 class FakeDatabase:
     """Every role over one in-memory store, like visrec.gateway.adapters.milvus.MilvusDatabase."""
@@ -287,6 +352,7 @@ class FakeDatabase:
         self.store = store or InMemoryStore()
         self.items = FakeItemWriter(self.store)
         self.admin = FakeIndexAdmin(self.store)
+        self.changes = FakeChangeLog(self.store)
 
     async def close(self) -> None:
         pass

@@ -93,7 +93,7 @@ async def test_rollout_steps_in_order_and_switches_only_after_verifying(tmp_path
     triton = FakeTritonFleet(["1"])
     timeline = await rollout("2", db, triton, embedder, catalog=catalog, grace_s=0,
                              progress=False)
-    assert [s.name for s in timeline.steps] == ["load", "re-embed", "verify", "profiles",
+    assert [s.name for s in timeline.steps] == ["load", "re-embed", "changes", "verify", "profiles",
                                                 "replicas", "switch", "catch-up", "grace",
                                                 "unload"]
     assert triton.history == [["1", "2"], ["2"]]  # both during the roll, then only the new one

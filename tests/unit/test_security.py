@@ -12,11 +12,11 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import photo
-from tests.unit.fakes import FakeEmbedder, InMemoryStore
+from tests.unit.fakes import FakeChangeLog, FakeEmbedder, FakeItemWriter, InMemoryStore
 from tests.unit.test_recommender_core import INDEX, _items
 from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
 from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.api.security import SecurityConfigError, TokenBuckets, load_tokens
+from visrec.gateway.api.security import SecurityConfigError, Token, TokenBuckets, load_tokens
 from visrec.gateway.api.server import build_gateway
 from visrec.gateway.config import ConfigError, GatewayConfig
 
@@ -45,7 +45,9 @@ def pki(tmp_path_factory) -> Path:
 
 
 async def _start(config: GatewayConfig):
-    gw = build_gateway(config, embedder=FakeEmbedder(), store=InMemoryStore(_items(), INDEX),
+    store = InMemoryStore(_items(), INDEX)
+    gw = build_gateway(config, embedder=FakeEmbedder(), store=store,
+                       editor=FakeItemWriter(store), changes=FakeChangeLog(store),
                        address="127.0.0.1:0", metrics_port=0)
     await gw.start()
     return gw
@@ -101,6 +103,83 @@ async def test_rate_limit_is_per_client_and_says_when_to_retry(guarded):
         assert len((await _similar(stub, OTHER)).items) == 2
         await asyncio.sleep(int(retry) / 1000 + 0.05)
         assert len((await _similar(stub)).items) == 2
+
+
+async def test_a_made_up_token_is_no_identity_for_the_rate_limit():
+    """Without tokens configured, the limit keys on the address: rotating made-up bearer
+    values does not buy more calls (before: 30 of 30 served)."""
+    gw = await _start(GatewayConfig(rate_limit_rps=5, rate_limit_burst=5))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            results = await asyncio.gather(*(_similar(stub, f"made-up-token-{n:08d}")
+                                             for n in range(30)), return_exceptions=True)
+        served = [r for r in results if not isinstance(r, BaseException)]
+        assert 5 <= len(served) <= 7, len(served)
+        assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in results
+                   if isinstance(r, grpc.aio.AioRpcError))
+    finally:
+        await gw.stop()
+
+
+async def test_token_guessing_is_rate_limited_per_address():
+    """Invalid tokens used to be refused before the limiter, so guessing was free: now an
+    address that failed authentication 5 times waits, whatever it sends next."""
+    gw = await _start(GatewayConfig(auth_tokens=TOKEN, auth_failures_per_minute=5))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            codes = []
+            for n in range(8):
+                try:
+                    await _similar(stub, f"guess-number-{n:08d}")
+                except grpc.aio.AioRpcError as e:
+                    codes.append(e.code())
+            assert codes[:5] == [grpc.StatusCode.UNAUTHENTICATED] * 5
+            assert codes[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+            with pytest.raises(grpc.aio.AioRpcError) as locked:
+                await _similar(stub, TOKEN)  # even a right guess is not tried now
+            assert locked.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many failed authentications" in locked.value.details()
+            assert int(dict(locked.value.trailing_metadata())["retry-after-ms"]) > 1000
+    finally:
+        await gw.stop()
+
+
+async def test_catalog_changes_need_a_write_token_and_streams_are_admitted_like_calls():
+    """UpsertItems is a client stream: before, streams skipped the interceptor entirely."""
+    writer = "w-" + TOKEN
+    gw = await _start(GatewayConfig(auth_tokens=f"{TOKEN},write:{writer}", rate_limit_rps=2,
+                                    rate_limit_burst=2))
+
+    def upsert(token: str | None):
+        async def one():
+            yield pb.UpsertItemsRequest(item=pb.Item(id="new", name="n"), image=photo())
+
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return stub.UpsertItems(one(), metadata=metadata, timeout=5)
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            for token, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                                (TOKEN, grpc.StatusCode.PERMISSION_DENIED)):
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await upsert(token)
+                assert e.value.code() == code, e.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.DeleteItems(pb.DeleteItemsRequest(item_ids=["i1"]), timeout=5,
+                                       metadata=(("authorization", f"Bearer {TOKEN}"),))
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "write" in e.value.details()
+            await asyncio.sleep(1.1)  # the writer's bucket is its own and full
+            assert (await upsert(writer)).upserted == 1
+            assert len((await _similar(stub, writer)).items) == 2  # a writer may read
+            with pytest.raises(grpc.aio.AioRpcError) as e:  # its bucket (2) is spent now
+                await upsert(writer)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await gw.stop()
 
 
 def test_token_bucket_refills_at_the_rate_and_forgets_old_clients():
@@ -200,7 +279,9 @@ def test_bad_security_settings_are_configuration_errors(tmp_path):
     with pytest.raises(SecurityConfigError, match="holds no token"):
         load_tokens("", str(tmp_path / "tokens"))
     (tmp_path / "tokens").write_text(f"# rotated monthly\n{TOKEN}\n")
-    assert load_tokens(OTHER, str(tmp_path / "tokens")) == (OTHER.encode(), TOKEN.encode())
+    (tmp_path / "tokens").write_text(f"# rotated monthly\nwrite:{TOKEN}\n")
+    assert load_tokens(OTHER, str(tmp_path / "tokens")) == (
+        Token(OTHER.encode(), can_write=False), Token(TOKEN.encode(), can_write=True))
     (tmp_path / "cert.pem").write_text("not a certificate")
     with pytest.raises(ConfigError, match="is not PEM"):
         build_gateway(GatewayConfig(tls_cert_file=str(tmp_path / "cert.pem"),

@@ -106,3 +106,24 @@ def test_recall_and_ndcg():
     assert ndcg_at(["x", "a", "b"], targets, 10) == pytest.approx(
         (1 / np.log2(3) + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
     assert ndcg_at(["x"], frozenset(), 10) == 0.0
+
+
+def test_training_never_reads_a_held_out_users_items():
+    """Each user clicks two items nobody else clicks: a pair of those two items exists exactly
+    when the user was read. Held-out users' pairs (and other prefixes' users) must be absent."""
+    from tests.unit.fakes import FakeDatabase, InMemoryStore
+    from visrec.export.training.train import load_training_data
+    from visrec.gateway.core.domain import IndexInfo, Item
+
+    users = [f"sim-{n}" for n in range(40)] + [f"other-{n}" for n in range(10)]
+    items = {f"{u}:{k}": (Item(f"{u}:{k}"), np.ones(4, np.float32)) for u in users for k in "ab"}
+    store = InMemoryStore(items, IndexInfo("items_v1", "1", 4, {}, len(items)))
+    for n, u in enumerate(users):
+        for k in "ab":
+            store.events[f"{u}{k}"] = Interaction(f"{u}{k}", u, f"{u}:{k}", "click", 1.0,
+                                                  float(n), "", "", "", "", "1")
+    data = load_training_data(FakeDatabase(store), None, 30.0, "salt", 10, user_prefix="sim-")
+    read = {data.ids[a].split(":")[0] for a, _ in data.pairs}
+    expected = {u for u in users if u.startswith("sim-") and not held_out(u, 30.0, "salt")}
+    assert read == expected and data.users == len(expected)
+    assert 0 < len(expected) < 40  # some users were held out

@@ -3,12 +3,15 @@
 - ``MilvusVectorStore`` (serving reads + user state): what the gateway's core needs.
 - ``MilvusItemWriter``: upserts items (ingest, rollout, the gateway's online changes).
 - ``MilvusIndexAdmin``: collections, index records, the pointer, the alias (ingest, rollout).
+- ``MilvusCatalogChanges``: the online changes and their images (the gateway writes them,
+  ingest and rollout apply them).
 - ``schema``: every collection's fields and rows, in one module.
 """
 
 from __future__ import annotations
 
 from visrec.gateway.adapters.milvus.admin import MilvusIndexAdmin
+from visrec.gateway.adapters.milvus.catalog_changes import MilvusCatalogChanges
 from visrec.gateway.adapters.milvus.connection import MilvusConnection
 from visrec.gateway.adapters.milvus.items import MilvusItemWriter
 from visrec.gateway.adapters.milvus.serving import MilvusServingStore
@@ -36,6 +39,7 @@ class MilvusDatabase:
         self.store = MilvusVectorStore(self.connection)
         self.items = MilvusItemWriter(self.connection)
         self.admin = MilvusIndexAdmin(self.connection, index_type)
+        self.changes = MilvusCatalogChanges(self.connection)
 
     @property
     def uri(self) -> str:
@@ -48,5 +52,6 @@ class MilvusDatabase:
         self.connection.close_sync()
 
 
-__all__ = ["MilvusConnection", "MilvusDatabase", "MilvusIndexAdmin", "MilvusItemWriter",
+__all__ = ["MilvusCatalogChanges", "MilvusConnection", "MilvusDatabase", "MilvusIndexAdmin",
+           "MilvusItemWriter",
            "MilvusServingStore", "MilvusUserStore", "MilvusVectorStore"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from visrec.gateway.adapters.milvus import schema
 from visrec.gateway.adapters.milvus.connection import MilvusConnection
+from visrec.gateway.adapters.milvus.expr import quote
 from visrec.gateway.adapters.milvus.serving import read_active_index, read_meta
 from visrec.gateway.core.domain import IndexInfo
 from visrec.gateway.core.errors import BackendUnavailable
@@ -91,6 +93,21 @@ class MilvusIndexAdmin:
 
     def active_index(self) -> IndexInfo | None:
         return self._db.call(lambda c: read_active_index(self._db, c))
+
+    def mark_building(self, info: IndexInfo) -> None:
+        """From now on gateways write online catalog changes into ``info`` too."""
+        self._put_meta(schema.BUILDING_PREFIX + info.collection,
+                       schema.index_record(info, {"since": time.time()}))
+
+    def unmark_building(self, collection: str) -> None:
+        key = schema.BUILDING_PREFIX + collection
+
+        def call(c: Any) -> None:
+            if c.has_collection(schema.META_COLLECTION, timeout=self._db.timeout):
+                c.delete(schema.META_COLLECTION, filter=f"id == {quote(key)}",
+                         timeout=self._db.timeout)
+
+        self._db.call(call)
 
     def activate(self, collection: str) -> None:
         """Point the gateways at ``collection``: one upsert, atomic for every reader."""

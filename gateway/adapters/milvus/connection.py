@@ -47,6 +47,11 @@ class MilvusConnection:
         self._loaded: set[str] = set()
         self._created: set[str] = set()
 
+    @property
+    def is_lite(self) -> bool:
+        """A local file: Milvus Lite, embedded."""
+        return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
     def _connect(self) -> Any:
         with self._client_lock:
             if self._client is None:

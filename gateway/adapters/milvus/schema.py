@@ -7,7 +7,9 @@ it import the same names from here, so a renamed field cannot drift between inge
 | ``items_v<N>`` | item id | the catalog embedded by model version N |
 | ``users_v<N>`` | user id | profiles in version N's embedding space |
 | ``interaction_log`` | event id | the interaction log: the source of truth of every count |
-| ``visrec_meta`` | record key | index records and the active-index pointer |
+| ``catalog_changes`` | item id | the latest online change of each item (UpsertItems, DeleteItems) |
+| ``item_images`` | item id # n | images of items upserted online, chunked (rollouts re-embed) |
+| ``visrec_meta`` | record key | index records, indexes being built, the active-index pointer |
 
 The interaction log is append-only and keyed by the event's idempotency key, so a retry adds
 nothing; popularity and a user's recent items are derived from it, so they are exact however many
@@ -18,21 +20,27 @@ copied into the log the first time the log is opened.)
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from visrec.gateway.core.domain import IndexInfo, Interaction, Item
+from visrec.gateway.core.domain import CatalogChange, IndexInfo, Interaction, Item
 from visrec.gateway.core.profiles import UserProfile
 
 META_COLLECTION = "visrec_meta"
 EVENTS_COLLECTION = "interaction_log"
 LEGACY_EVENTS_COLLECTION = "interactions"
-EVENT_FIELDS = ["id", "user_id", "item_id", "kind", "weight", "at", "data"]
+CHANGES_COLLECTION = "catalog_changes"
+IMAGES_COLLECTION = "item_images"
+# Characters of base64 per row of an image (a Milvus VARCHAR holds at most 65,535; Lite does not
+# enforce it, the server does).
+IMAGE_CHUNK = 60_000
+BUILDING_PREFIX = "building:"
 POINTER_KEY = "pointer:items"
 ID_MAX_LENGTH = 512
 # Item columns a read returns (the vector only when asked for).
@@ -138,6 +146,35 @@ def create_meta(c: Any, timeout: float) -> None:
                         consistency_level="Strong", timeout=timeout)
 
 
+def create_changes(c: Any, timeout: float) -> None:
+    from pymilvus import DataType
+
+    schema = _schema()
+    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
+    schema.add_field("op", DataType.VARCHAR, max_length=16)
+    schema.add_field("at", DataType.DOUBLE)
+    schema.add_field("item", DataType.JSON)
+    schema.add_field("chunks", DataType.INT64)
+    params = c.prepare_index_params()
+    params.add_index("unused", index_type="FLAT", metric_type="L2")
+    c.create_collection(CHANGES_COLLECTION, schema=schema, index_params=params,
+                        consistency_level="Strong", timeout=timeout)
+
+
+def create_images(c: Any, timeout: float) -> None:
+    from pymilvus import DataType
+
+    schema = _schema()
+    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
+    schema.add_field("item_id", DataType.VARCHAR, max_length=ID_MAX_LENGTH)
+    schema.add_field("n", DataType.INT64)
+    schema.add_field("data", DataType.VARCHAR, max_length=65535)
+    params = c.prepare_index_params()
+    params.add_index("unused", index_type="FLAT", metric_type="L2")
+    c.create_collection(IMAGES_COLLECTION, schema=schema, index_params=params,
+                        consistency_level="Strong", timeout=timeout)
+
+
 # ---------------------------------------------------------------------- items
 def item_row(item: Item, vector: np.ndarray, fingerprint: str = "") -> dict[str, Any]:
     attributes: dict[str, Any] = dict(item.attributes)
@@ -169,6 +206,35 @@ def item_from_row(entity: Mapping[str, Any], item_id: Any = None) -> Item:
 
 def fingerprint_of(entity: Mapping[str, Any]) -> str:
     return str(_attributes(entity).get(FINGERPRINT, ""))
+
+
+# ---------------------------------------------------------------------- online changes
+def change_row(change: CatalogChange, chunks: int) -> dict[str, Any]:
+    item = change.item
+    fields = ({"name": item.name, "category": item.category, "subcategory": item.subcategory,
+               "image_uri": item.image_uri, "attributes": dict(item.attributes)}
+              if item is not None else {})
+    return {"id": change.item_id, "unused": [0.0, 0.0], "op": change.op, "at": change.at,
+            "item": fields, "chunks": chunks}
+
+
+def change_from_row(row: Mapping[str, Any]) -> CatalogChange:
+    fields = row["item"] if isinstance(row["item"], dict) else json.loads(row["item"])
+    item = (Item(row["id"], fields.get("name", ""), fields.get("category", ""),
+                 fields.get("subcategory", ""), fields.get("image_uri", ""),
+                 fields.get("attributes", {})) if row["op"] == "upsert" else None)
+    return CatalogChange(row["id"], row["op"], float(row["at"]), item)
+
+
+def image_rows(item_id: str, image: bytes) -> list[dict[str, Any]]:
+    text = base64.b64encode(image).decode()
+    return [{"id": f"{item_id}#{n:05d}", "unused": [0.0, 0.0], "item_id": item_id, "n": n,
+             "data": text[start:start + IMAGE_CHUNK]}
+            for n, start in enumerate(range(0, len(text), IMAGE_CHUNK))]
+
+
+def image_from_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    return base64.b64decode("".join(r["data"] for r in sorted(rows, key=lambda r: r["n"])))
 
 
 # ---------------------------------------------------------------------- profiles

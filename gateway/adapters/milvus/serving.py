@@ -37,6 +37,13 @@ def read_active_index(db: MilvusConnection, c: Any) -> IndexInfo | None:
     return info
 
 
+# Reads of an index wait for this process's own last write to it (an item upserted through a
+# replica is searchable through that replica as soon as UpsertItems returns) and for nothing
+# else: other processes' writes are seen once the query nodes have consumed them (pymilvus sends
+# the "eventually" timestamp when this process has not written the collection).
+READS = "Session"
+
+
 def in_ids(ids: Sequence[str], field: str = "id") -> str:
     return f"{field} in [{', '.join(quote(i) for i in ids)}]"
 
@@ -52,11 +59,26 @@ class MilvusServingStore:
     async def active_index(self) -> IndexInfo | None:
         return await self._db.run(lambda c: read_active_index(self._db, c))
 
+    async def building_indexes(self) -> list[IndexInfo]:
+        """Indexes a rollout is filling now: online catalog changes must reach them too."""
+        def call(c: Any) -> list[IndexInfo]:
+            if not c.has_collection(schema.META_COLLECTION, timeout=self._db.timeout):
+                return []
+            self._db.ensure_loaded(c, schema.META_COLLECTION)
+            rows = c.query(schema.META_COLLECTION,
+                           filter=f'id like "{schema.BUILDING_PREFIX}%"',
+                           output_fields=["value"], consistency_level="Strong",
+                           timeout=self._db.timeout)
+            return [schema.index_info(schema.meta_value(r)) for r in rows]
+
+        return await self._db.run(call)
+
     async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
         # Not MilvusClient.get(): it quotes string ids without escaping them.
         def call(c: Any) -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = c.query(index.collection, filter=in_ids(ids),
                                                  output_fields=["id", "vector"],
+                                                 consistency_level=READS,
                                                  timeout=self._db.timeout)
             return rows
 
@@ -67,6 +89,7 @@ class MilvusServingStore:
         def call(c: Any) -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = c.query(index.collection, filter=in_ids(ids),
                                                  output_fields=schema.ITEM_FIELDS,
+                                                 consistency_level=READS,
                                                  timeout=self._db.timeout)
             return rows
 
@@ -89,7 +112,7 @@ class MilvusServingStore:
             result: list[Any] = c.search(
                 index.collection, data=data, anns_field="vector", limit=k, filter=expr,
                 output_fields=fields, search_params=schema.search_params(k),
-                timeout=self._db.timeout,
+                consistency_level=READS, timeout=self._db.timeout,
             )
             return result
 
@@ -109,6 +132,7 @@ class MilvusServingStore:
             rows: list[dict[str, Any]] = c.query(index.collection, filter=expr,
                                                  output_fields=schema.ITEM_FIELDS,
                                                  limit=min(limit, schema.QUERY_PAGE),
+                                                 consistency_level=READS,
                                                  timeout=self._db.timeout)
             return rows
 

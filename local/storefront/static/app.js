@@ -73,9 +73,14 @@ function render(gridId, metaId, reply) {
     tile.className = "tile";
     tile.dataset.id = item.id;
     tile.title = `${item.name} (${item.subcategory}, ${item.vendor})`;
-    const img = document.createElement("img");
-    img.src = item.image;
-    img.alt = item.name;
+    // An item added online without a picture this shop serves: a blank tile, not a broken one.
+    const img = document.createElement(item.image ? "img" : "div");
+    if (item.image) {
+      img.src = item.image;
+      img.alt = item.name;
+    } else {
+      img.className = "no-image";
+    }
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = item.name;
@@ -113,7 +118,11 @@ async function clickItem(item, requestId) {
     $("similar-to").textContent = item.name;
     $("similar-section").hidden = false;
     render("similar", "similar-meta", similar);
-    await loadRecommendations();
+    await $("product-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  addProduct();
+});
+loadRecommendations();
   } catch (e) {
     showError(e);
   }
@@ -129,13 +138,38 @@ async function search(file) {
   }
 }
 
+async function addProduct() {
+  // UpsertItems, then SearchByImage with the same photo: the new product should come first.
+  clearError();
+  const file = $("product-photo").files[0];
+  if (!file) return;
+  const query = new URLSearchParams({ name: $("product-name").value, category: $("product-category").value });
+  try {
+    const added = await api(`/api/products?${query}`, { method: "POST", body: file });
+    const reply = await api("/api/search?k=6", { method: "POST", body: file });
+    render("product", "product-meta", reply);
+    $("product-meta").prepend(`added ${added.id} · `);
+    $("product").dataset.added = added.id;
+  } catch (e) {
+    showError(e);
+  }
+}
+
 $("user").value = new URLSearchParams(location.search).get("user")
   || localStorage.getItem("visrec-user") || `shopper-${Math.random().toString(16).slice(2, 8)}`;
 $("user-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  loadRecommendations();
+  $("product-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  addProduct();
+});
+loadRecommendations();
 });
 $("upload").addEventListener("change", (event) => {
   if (event.target.files.length) search(event.target.files[0]);
+});
+$("product-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  addProduct();
 });
 loadRecommendations();
