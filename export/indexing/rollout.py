@@ -47,6 +47,9 @@ from visrec.gateway.core.ports import Database, Embedder, IndexAdmin, JobStore
 
 log = logging.getLogger("visrec.rollout")
 ALIAS = "visrec_items"
+# How long after marking an index as being built every gateway has seen the mark (they read it
+# with Session consistency: stale by at most a Milvus time tick, ~0.2 s).
+MARK_SETTLE_S = 3.0
 
 
 class CountMismatch(RolloutError):
@@ -69,6 +72,7 @@ class Timeline:
     ingest: IngestReport | None = None
     expected: int = 0
     switched: bool = False
+    marked_at: float = 0.0
 
     def render(self) -> str:
         t0 = self.steps[0].started if self.steps else 0.0
@@ -186,6 +190,7 @@ async def rollout(
     # From here gateways write online catalog changes into the new index as well, and the
     # catch-ups apply every change recorded before (or while) they did.
     await asyncio.to_thread(db.admin.mark_building, info)
+    timeline.marked_at = time.monotonic()
     try:
         return await _finish(db, triton, embedder, timeline, step, current, info,
                              grace_s=grace_s, sample=sample, alias=alias)
@@ -242,7 +247,10 @@ async def _finish(db: Database, triton: TritonFleet, embedder: Embedder, timelin
     await step("replicas", fleet)
 
     async def switch() -> str:
-        # What gateways that had not seen the building mark yet recorded.
+        # What gateways that had not seen the building mark yet recorded. Gateways read the
+        # mark without waiting for Milvus' time tick: give them MARK_SETTLE_S to see it, so
+        # every change after this catch-up was written into the new index by its gateway.
+        await asyncio.sleep(max(0.0, timeline.marked_at + MARK_SETTLE_S - time.monotonic()))
         late = await changes()
         await asyncio.to_thread(db.admin.activate, collection)
         timeline.switched = True

@@ -1,6 +1,7 @@
 """Shared by the unit tests that talk gRPC: a real in-process server with in-memory adapters."""
 
 import grpc
+import pytest
 import pytest_asyncio
 
 from tests.unit.fakes import FakeChangeLog, FakeEmbedder, FakeItemWriter, InMemoryStore
@@ -22,3 +23,9 @@ async def served():
     yield gw, channel
     await channel.close()
     await gw.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_settle_wait(monkeypatch):
+    """The fakes' gateways see a building mark at once: no need to wait for Milvus staleness."""
+    monkeypatch.setattr("visrec.export.indexing.rollout.MARK_SETTLE_S", 0.0)

@@ -65,9 +65,12 @@ class MilvusServingStore:
             if not c.has_collection(schema.META_COLLECTION, timeout=self._db.timeout):
                 return []
             self._db.ensure_loaded(c, schema.META_COLLECTION)
+            # Not Strong (which waits for the ~200 ms time tick on every UpsertItems): a mark
+            # can be missed for a moment after the rollout wrote it, and the rollout's last
+            # catch-up waits long enough after marking for every gateway to have seen it.
             rows = c.query(schema.META_COLLECTION,
                            filter=f'id like "{schema.BUILDING_PREFIX}%"',
-                           output_fields=["value"], consistency_level="Strong",
+                           output_fields=["value"], consistency_level=READS,
                            timeout=self._db.timeout)
             return [schema.index_info(schema.meta_value(r)) for r in rows]
 
