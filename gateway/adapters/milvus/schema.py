@@ -115,64 +115,45 @@ def create_users(c: Any, collection: str, dim: int, timeout: float) -> None:
                         consistency_level="Strong", timeout=timeout)
 
 
-def create_log(c: Any, timeout: float) -> None:
-    """The interaction log: who did what to which item when, filterable by user and by item.
-    Milvus requires a vector field: ``unused``, never searched."""
+def _create_table(c: Any, name: str, fields: list[tuple[str, str, dict[str, Any]]],
+                  consistency: str, timeout: float) -> None:
+    """A collection read by id or filter, never searched: Milvus requires a vector field,
+    ``unused`` (2-d, FLAT)."""
     from pymilvus import DataType
 
     schema = _schema()
     schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-    schema.add_field("user_id", DataType.VARCHAR, max_length=ID_MAX_LENGTH)
-    schema.add_field("item_id", DataType.VARCHAR, max_length=ID_MAX_LENGTH)
-    schema.add_field("kind", DataType.VARCHAR, max_length=32)
-    schema.add_field("weight", DataType.FLOAT)
-    schema.add_field("at", DataType.DOUBLE)
-    schema.add_field("data", DataType.JSON)
+    for field, kind, options in fields:
+        schema.add_field(field, getattr(DataType, kind), **options)
     params = c.prepare_index_params()
     params.add_index("unused", index_type="FLAT", metric_type="L2")
-    c.create_collection(EVENTS_COLLECTION, schema=schema, index_params=params,
-                        consistency_level="Session", timeout=timeout)
+    c.create_collection(name, schema=schema, index_params=params,
+                        consistency_level=consistency, timeout=timeout)
+
+
+def create_log(c: Any, timeout: float) -> None:
+    """The interaction log: who did what to which item when, filterable by user and by item."""
+    _create_table(c, EVENTS_COLLECTION, [
+        ("user_id", "VARCHAR", {"max_length": ID_MAX_LENGTH}),
+        ("item_id", "VARCHAR", {"max_length": ID_MAX_LENGTH}),
+        ("kind", "VARCHAR", {"max_length": 32}), ("weight", "FLOAT", {}),
+        ("at", "DOUBLE", {}), ("data", "JSON", {})], "Session", timeout)
 
 
 def create_meta(c: Any, timeout: float) -> None:
-    from pymilvus import DataType
-
-    schema = _schema()
-    schema.add_field("value", DataType.JSON)
-    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-    params = c.prepare_index_params()
-    params.add_index("unused", index_type="FLAT", metric_type="L2")
-    c.create_collection(META_COLLECTION, schema=schema, index_params=params,
-                        consistency_level="Strong", timeout=timeout)
+    _create_table(c, META_COLLECTION, [("value", "JSON", {})], "Strong", timeout)
 
 
 def create_changes(c: Any, timeout: float) -> None:
-    from pymilvus import DataType
-
-    schema = _schema()
-    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-    schema.add_field("op", DataType.VARCHAR, max_length=16)
-    schema.add_field("at", DataType.DOUBLE)
-    schema.add_field("item", DataType.JSON)
-    schema.add_field("chunks", DataType.INT64)
-    params = c.prepare_index_params()
-    params.add_index("unused", index_type="FLAT", metric_type="L2")
-    c.create_collection(CHANGES_COLLECTION, schema=schema, index_params=params,
-                        consistency_level="Strong", timeout=timeout)
+    _create_table(c, CHANGES_COLLECTION, [
+        ("op", "VARCHAR", {"max_length": 16}), ("at", "DOUBLE", {}), ("item", "JSON", {}),
+        ("chunks", "INT64", {})], "Strong", timeout)
 
 
 def create_images(c: Any, timeout: float) -> None:
-    from pymilvus import DataType
-
-    schema = _schema()
-    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
-    schema.add_field("item_id", DataType.VARCHAR, max_length=ID_MAX_LENGTH)
-    schema.add_field("n", DataType.INT64)
-    schema.add_field("data", DataType.VARCHAR, max_length=65535)
-    params = c.prepare_index_params()
-    params.add_index("unused", index_type="FLAT", metric_type="L2")
-    c.create_collection(IMAGES_COLLECTION, schema=schema, index_params=params,
-                        consistency_level="Strong", timeout=timeout)
+    _create_table(c, IMAGES_COLLECTION, [
+        ("item_id", "VARCHAR", {"max_length": ID_MAX_LENGTH}), ("n", "INT64", {}),
+        ("data", "VARCHAR", {"max_length": 65535})], "Strong", timeout)
 
 
 # ---------------------------------------------------------------------- items
