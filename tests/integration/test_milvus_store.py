@@ -96,3 +96,29 @@ async def test_unreachable_milvus_is_unavailable_within_the_deadline():
     with pytest.raises((BackendUnavailable, BackendTimeout)):
         await store.active_index()
     assert loop.time() - start < 5
+
+
+def test_a_server_uri_may_name_its_database(milvus_server):
+    """`http://host:19530/<database>` keeps a deployment (or a test) in its own database:
+    pymilvus' MilvusClient ignores the path, so before this every such URI wrote into
+    "default" (the catalog-change tests wrote into other tests' collections)."""
+    import uuid
+
+    from pymilvus import MilvusClient
+
+    name = f"own_{uuid.uuid4().hex[:8]}"
+    client = MilvusClient(uri=milvus_server)
+    client.create_database(name)
+    own, default = MilvusDatabase(f"{milvus_server}/{name}"), MilvusDatabase(milvus_server)
+    try:
+        own.admin.ensure_items_collection("items_v906", 8)
+        assert own.admin.has_collection("items_v906")
+        assert not default.admin.has_collection("items_v906")
+    finally:
+        own.close_sync()
+        default.close_sync()
+        client.using_database(name)
+        client.drop_collection("items_v906")
+        client.using_database("default")
+        client.drop_database(name)
+        client.close()

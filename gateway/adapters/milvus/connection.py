@@ -16,6 +16,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from visrec.gateway.core.errors import BackendTimeout, BackendUnavailable, VisrecError
 
@@ -30,6 +31,15 @@ with warnings.catch_warnings():
         import milvus_lite  # noqa: F401
     except ImportError:  # a server-only install
         pass
+
+
+def split_database(uri: str) -> tuple[str, str]:
+    """``http://host:19530/shop`` -> (``http://host:19530``, ``shop``): a server URI may name
+    its database (pymilvus' MilvusClient ignores a path in the URI and uses "default")."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https", "tcp", "grpc") and parts.path.strip("/"):
+        return f"{parts.scheme}://{parts.netloc}", parts.path.strip("/")
+    return uri, ""
 
 
 class MilvusConnection:
@@ -59,7 +69,8 @@ class MilvusConnection:
 
                 # pymilvus shares one connection per (uri, credentials) within a process and
                 # close() tears it down for every client: each connection gets its own alias.
-                self._client = MilvusClient(uri=self.uri, token=self._token,
+                uri, database = split_database(self.uri)
+                self._client = MilvusClient(uri=uri, token=self._token, db_name=database,
                                             timeout=self.timeout,
                                             alias=f"visrec-{uuid.uuid4().hex}")
             return self._client
