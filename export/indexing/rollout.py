@@ -254,7 +254,13 @@ async def _finish(db: Database, triton: TritonFleet, embedder: Embedder, timelin
         late = await changes()
         await asyncio.to_thread(db.admin.activate, collection)
         timeline.switched = True
-        aliased = await asyncio.to_thread(db.admin.point_alias, alias, collection)
+        # The pointer is what gateways follow; the alias is for other readers. Once switched,
+        # a failed alias move must not stop the rollout half-way (both versions loaded).
+        try:
+            aliased = await asyncio.to_thread(db.admin.point_alias, alias, collection)
+        except VisrecError as e:
+            log.warning("alias %s not moved to %s: %s", alias, collection, e)
+            return f"active index -> {collection}; alias {alias} NOT moved ({e}); {late}"
         return f"active index -> {collection}" + (f"; alias {alias} moved" if aliased else
                                                   " (no aliases on Milvus Lite)") + f"; {late}"
 

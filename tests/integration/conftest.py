@@ -85,7 +85,8 @@ async def ingested(triton: TritonServer, catalog: Path, milvus_lite_uri: str
     db = MilvusDatabase(milvus_lite_uri, timeout_s=60)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
     try:
-        yield await ingest(catalog, db.admin, db.items, embedder, progress=False)
+        yield await ingest(catalog, db.admin, db.items, embedder, model_version="1",
+                           progress=False)
     finally:
         await embedder.close()
         await db.close()

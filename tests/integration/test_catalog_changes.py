@@ -85,7 +85,8 @@ async def shop(request, triton, catalog, tmp_path_factory) -> AsyncIterator[Shop
     small = _small_catalog(catalog, folder, 40)
     db = MilvusDatabase(uri, timeout_s=60)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
-    await ingest(small, db.admin, db.items, embedder, changes=db.changes, progress=False)
+    await ingest(small, db.admin, db.items, embedder, model_version="1", changes=db.changes,
+                 progress=False)
     await embedder.close()
     config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=uri, index_refresh_s=0.5,
                            popular_refresh_s=POPULAR_REFRESH_S)

@@ -148,7 +148,7 @@ async def fuzz_shop(triton, catalog, tmp_path_factory):
     db = MilvusDatabase(uri, timeout_s=60)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
     await ingest(_small_catalog(catalog, folder, 20), db.admin, db.items, embedder,
-                 changes=db.changes, progress=False)
+                 model_version="1", changes=db.changes, progress=False)
     await embedder.close()
     config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=uri, index_refresh_s=0.5)
     async with serving(config) as gw, grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import pytest
@@ -101,7 +102,9 @@ async def test_unreachable_milvus_is_unavailable_within_the_deadline():
 def test_a_server_uri_may_name_its_database(milvus_server):
     """`http://host:19530/<database>` keeps a deployment (or a test) in its own database:
     pymilvus' MilvusClient ignores the path, so before this every such URI wrote into
-    "default" (the catalog-change tests wrote into other tests' collections)."""
+    "default" (the catalog-change tests wrote into other tests' collections). The rollout's
+    alias, too, lives in that database (pymilvus sends list_aliases without it, so a 2.3.5
+    server looked in "default" and the switch failed)."""
     import uuid
 
     from pymilvus import MilvusClient
@@ -112,13 +115,22 @@ def test_a_server_uri_may_name_its_database(milvus_server):
     own, default = MilvusDatabase(f"{milvus_server}/{name}"), MilvusDatabase(milvus_server)
     try:
         own.admin.ensure_items_collection("items_v906", 8)
+        own.admin.ensure_items_collection("items_v907", 8)
         assert own.admin.has_collection("items_v906")
         assert not default.admin.has_collection("items_v906")
+        assert own.admin.point_alias("visrec_items", "items_v906")
+        assert own.admin.point_alias("visrec_items", "items_v906")  # already there
+        assert own.admin.point_alias("visrec_items", "items_v907")  # moved
+        assert own.admin.alias_target("visrec_items") == "items_v907"
+        assert default.admin.alias_target("visrec_items") != "items_v907"
     finally:
         own.close_sync()
         default.close_sync()
         client.using_database(name)
+        with contextlib.suppress(Exception):
+            client.drop_alias("visrec_items")
         client.drop_collection("items_v906")
+        client.drop_collection("items_v907")
         client.using_database("default")
         client.drop_database(name)
         client.close()

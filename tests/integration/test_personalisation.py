@@ -252,7 +252,7 @@ async def test_fifty_interactions_at_once_over_two_gateways_are_each_counted_exa
     ids = [json.loads(line)["id"] for line in small.read_text().splitlines()][:50]
     db = MilvusDatabase(uri, timeout_s=60)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
-    await ingest(small, db.admin, db.items, embedder, progress=False)
+    await ingest(small, db.admin, db.items, embedder, model_version="1", progress=False)
     await embedder.close()
     config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=uri, index_refresh_s=0.5)
     try:

@@ -147,6 +147,28 @@ async def test_a_replica_that_lost_the_new_version_stops_the_switch(tmp_path):
     assert db.admin.active_index().collection == "items_v1"
 
 
+async def test_an_alias_that_cannot_move_after_the_switch_does_not_stop_the_rollout(tmp_path):
+    """The pointer is what gateways follow. Once it moved, a failing alias (a server that
+    cannot find the collection, say) is reported, and the rollout still finishes: before, it
+    stopped with both versions loaded on every replica and the pointer already moved."""
+    from visrec.gateway.core.errors import BackendUnavailable
+
+    db, embedder, catalog = await _version_1(tmp_path)
+    triton = FakeTritonFleet(["1"])
+
+    def broken_alias(alias: str, collection: str) -> bool:
+        raise BackendUnavailable(f"collection not found[collection={collection}]")
+
+    db.admin.point_alias = broken_alias  # type: ignore[method-assign]
+    timeline = await rollout("2", db, triton, embedder, catalog=catalog, grace_s=0,
+                             progress=False)
+    switch = next(s for s in timeline.steps if s.name == "switch")
+    assert "alias visrec_items NOT moved" in switch.detail and "collection not found" in \
+        switch.detail
+    assert timeline.steps[-1].name == "unload" and triton.history[-1] == ["2"]
+    assert db.admin.active_index().collection == "items_v2"
+
+
 async def test_verify_counts_rows_against_the_catalog(tmp_path):
     db, _, _ = await _version_1(tmp_path, 5)
     info = db.admin.index_info("items_v1")

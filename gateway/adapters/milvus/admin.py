@@ -119,7 +119,8 @@ class MilvusIndexAdmin:
             from pymilvus.exceptions import MilvusException
 
             try:
-                existing = c.list_aliases(collection, timeout=self._db.timeout).get("aliases", [])
+                existing = c.list_aliases(collection, timeout=self._db.timeout,
+                                          db_name=self._db.database).get("aliases", [])
                 if alias in existing:
                     return True
                 try:
@@ -140,13 +141,18 @@ class MilvusIndexAdmin:
         return self._db.call(call)
 
     def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` names, or None (no such alias, or Milvus Lite). Asked per
+        collection with the database named (describe_alias cannot carry it in pymilvus)."""
         def call(c: Any) -> str | None:
             try:
                 with _quiet("pymilvus.decorators"):
-                    return str(c.describe_alias(alias, timeout=self._db.timeout)[
-                        "collection_name"])
+                    for collection in c.list_collections(timeout=self._db.timeout):
+                        if alias in c.list_aliases(collection, timeout=self._db.timeout,
+                                                   db_name=self._db.database).get("aliases", []):
+                            return str(collection)
             except Exception:
                 return None
+            return None
 
         return self._db.call(call)
 

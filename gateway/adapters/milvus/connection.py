@@ -48,6 +48,9 @@ class MilvusConnection:
 
     def __init__(self, uri: str, token: str = "", timeout_s: float = 5.0) -> None:
         self.uri = uri
+        # The database a server URI names ("" = default); requests that carry their own
+        # database field need it explicitly (pymilvus leaves it empty).
+        self.database = split_database(uri)[1]
         self.timeout = timeout_s
         self._token = token
         self._client: Any = None
