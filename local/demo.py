@@ -131,6 +131,58 @@ def query(address: str, item_id: str) -> None:
              time.perf_counter() - start)
 
 
+# The catalog head: pictures sharing `unified` (one emoji, two vendors) are positives.
+CATALOG_HEAD = ["--group-by", "unified", "--catalog-only", "--epochs", "10", "--temperature",
+                "0.05"]
+
+
+def held_out_example(catalog: Path) -> str:
+    """The first google drawing whose emoji training never sees (held out) and that twitter
+    draws too: the query the demo asks before and after learning from the catalog."""
+    from visrec.export.training.holdout import catalog_groups
+
+    groups = catalog_groups(catalog, "unified", "vendor")
+    drawn = {g for i, g in groups.group_of.items() if groups.source_of.get(i) == "twitter"}
+    return next(i for i in sorted(groups.group_of) if groups.source_of.get(i) == "google"
+                and groups.group_of[i] in drawn and groups.held_out(i, 20.0))
+
+
+def show_twin(address: str, item_id: str, when: str) -> None:
+    twin = "twitter:" + item_id.split(":", 1)[1]
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        start = time.perf_counter()
+        reply = stub.SimilarItems(pb.SimilarItemsRequest(
+            item_id=item_id, k=5, filter=pb.Filter(conditions=[
+                pb.Condition(field="vendor", equals="twitter")])), timeout=10)
+    ids = [h.item.id for h in reply.items]
+    rank = f"rank {ids.index(twin) + 1}" if twin in ids else "not in the top 5"
+    show(f"SimilarItems({item_id}, k=5, vendor == twitter) {when}: its twin {twin} is {rank}",
+         reply, time.perf_counter() - start)
+
+
+def train_catalog_head(bin_dir: Path, catalog: Path, milvus_uri: str, triton_url: str,
+                       repository: Path) -> str:
+    """visrec-train on the catalog's groups (from version 1's vectors), visrec-export,
+    visrec-rollout, visrec-evaluate on held-out groups; returns the new version."""
+    out = ROOT / "artifacts" / "train-catalog"
+    common = ["--milvus-uri", milvus_uri]
+    run([str(bin_dir / "visrec-train"), *common, "--repository", str(repository), "--catalog",
+         str(catalog), "--from-version", "1", "--out", str(out), "--fresh", "--quiet",
+         *CATALOG_HEAD])
+    export = subprocess.run([str(bin_dir / "visrec-export"), "--target", "cpu", "--quiet",
+                             "--repository", str(repository), "--head", str(out / "head.pt")],
+                            capture_output=True, text=True, check=False)
+    if export.returncode != 0:
+        raise SystemExit(f"visrec-demo: visrec-export failed:\n{export.stderr[-2000:]}")
+    version = export.stdout.split()[-1]
+    run([str(bin_dir / "visrec-rollout"), "--to", version, "--catalog", str(catalog), *common,
+         "--triton-url", triton_url, "--repository", str(repository), "--grace-s", "0", "-q"])
+    run([str(bin_dir / "visrec-evaluate"), "1", version, *common, "--group-by", "unified",
+         "--catalog", str(catalog)])
+    return version
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="visrec-demo",
@@ -157,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prometheus-port", type=int, default=9090)
     p.add_argument("--storefront-port", type=int, default=8080,
                    help="with --serve: the demo storefront (a web page on the gateway)")
+    p.add_argument("--train-catalog", action="store_true",
+                   help="then learn 'same product, other picture' from the catalog: train a "
+                        "head on emoji drawn by both vendors (held-out emoji never read), "
+                        "export it, roll it out (the gateway is stopped meanwhile: Milvus Lite "
+                        "is one process per file) and ask the same question again (~3 min)")
     args = p.parse_args(argv)
     bin_dir = Path(sys.executable).parent
     address = f"localhost:{args.grpc_port}"
@@ -209,8 +266,13 @@ def main(argv: list[str] | None = None) -> int:
             if not port_free(port):
                 raise SystemExit(f"visrec-demo: port {port} is in use (another visrec-demo or "
                                  f"visrec-gateway still running?); stop it or pick other ports")
-        gateway = subprocess.Popen([str(bin_dir / "visrec-gateway")], env=env)
-        wait_serving(address, gateway)
+
+        def start_gateway() -> subprocess.Popen[bytes]:
+            process = subprocess.Popen([str(bin_dir / "visrec-gateway")], env=env)
+            wait_serving(address, process)
+            return process
+
+        gateway = start_gateway()
         done(t, f"serving on {address}, metrics on :{args.metrics_port}/metrics")
 
         if args.prometheus:
@@ -224,6 +286,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"visrec-panels --prometheus {prometheus.url})")
 
         query(address, args.item)
+        if args.train_catalog:
+            example = held_out_example(catalog)
+            show_twin(address, example, "before")
+            gateway.terminate()
+            gateway.wait(30)
+            t = step("+   learn 'same product, other picture' from the catalog: train, export, "
+                     "roll out, evaluate on emoji training never saw")
+            version = train_catalog_head(bin_dir, catalog, args.milvus_uri, triton.grpc_url,
+                                         args.repository)
+            gateway = start_gateway()
+            done(t, f"version {version} serves")
+            show_twin(address, example, f"after (version {version})")
         if args.serve:
             from visrec.local.storefront.server import Storefront, StorefrontServer
 

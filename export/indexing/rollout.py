@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     p = argparse.ArgumentParser(
         prog="visrec-rollout",
-        description=(__doc__ or "").split("\n\n")[0] + ". Rolling back is --to <old version>.",
+        description=(__doc__ or "").split("\n\n")[0].rstrip(".")
+        + ". Rolling back is --to <old version>.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--to", dest="to_version", required=False,

@@ -7,6 +7,12 @@ rest are the targets. Every version is asked the same question through the servi
 history items' vectors in ``items_v<N>`` (embedded by Triton, version N) query Milvus exactly as
 ``Recommend`` does (best cosine over the most recent items), history excluded, top k. Reported:
 recall@k (targets found / targets) and NDCG@k, averaged over users.
+
+With ``--group-by`` (pictures of one product share a catalog field; groups are held out by the
+same hash as users) it also answers "show me this product" across sources: each picture of a
+held-out group queries ``items_v<N>`` with its own Triton-made vector, filtered to another source
+(``--source-field``, e.g. google -> twitter), exactly as ``SimilarItems`` with a filter does; a hit
+is another picture of its group. Reported per source pair: hit@1, hit@k and MRR@k.
 """
 
 from __future__ import annotations
@@ -23,13 +29,23 @@ from pathlib import Path
 from tqdm import tqdm
 
 from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
-from visrec.export.training.holdout import DEFAULT_SALT, Case, cases
+from visrec.export.training.holdout import (
+    DEFAULT_SALT,
+    Case,
+    CatalogGroups,
+    cases,
+    catalog_groups,
+)
 from visrec.gateway.adapters.milvus.schema import items_collection
 from visrec.gateway.config import ConfigError
-from visrec.gateway.core.domain import IndexInfo
+from visrec.gateway.core.domain import Equals, IndexInfo
 from visrec.gateway.core.errors import VisrecError
 from visrec.gateway.core.ports import CatalogReads, Database
 from visrec.gateway.core.retrieval import multi_interest
+
+
+class NoHeldOutUsers(VisrecError):
+    """The log has no held-out user to score (nothing was simulated or recorded yet)."""
 
 
 def recall_at(ranked: Sequence[str], targets: frozenset[str], k: int) -> float:
@@ -67,9 +83,7 @@ async def evaluate_version(store: CatalogReads, index: IndexInfo, held: Sequence
                  sum(ndcgs) / n if n else 0.0, k)
 
 
-async def evaluate(db: Database, versions: Sequence[str], *, percent: float = 20.0,
-                   salt: str = DEFAULT_SALT, k: int = 10, user_prefix: str = "",
-                   progress: bool = True) -> list[Score]:
+async def _indexes(db: Database, versions: Sequence[str]) -> list[IndexInfo]:
     indexes = []
     for version in versions:
         info = await asyncio.to_thread(db.admin.index_info, items_collection(version))
@@ -77,6 +91,13 @@ async def evaluate(db: Database, versions: Sequence[str], *, percent: float = 20
             raise VisrecError(f"no index for model version {version} (items_v{version}); "
                               f"fill it with visrec-rollout --to {version} --catalog ...")
         indexes.append(info)
+    return indexes
+
+
+async def evaluate(db: Database, versions: Sequence[str], *, percent: float = 20.0,
+                   salt: str = DEFAULT_SALT, k: int = 10, user_prefix: str = "",
+                   progress: bool = True) -> list[Score]:
+    indexes = await _indexes(db, versions)
     events = [e for e in await asyncio.to_thread(db.store.interactions)
               if e.user_id.startswith(user_prefix)]
     # Only items every version holds, so each is asked about the same targets.
@@ -85,11 +106,83 @@ async def evaluate(db: Database, versions: Sequence[str], *, percent: float = 20
         for i in indexes])
     held = cases(events, percent, salt, known)
     if not held:
-        raise VisrecError(f"no held-out user with two or more interactions among "
+        raise NoHeldOutUsers(f"no held-out user with two or more interactions among "
                           f"{len(events)} events (--holdout-percent {percent}); run "
                           f"visrec-simulate first")
     return [await evaluate_version(db.store, info, held, k=k, progress=progress)
             for info in indexes]
+
+
+@dataclass(frozen=True)
+class CrossSourceScore:
+    version: str
+    source: str
+    target: str
+    queries: int
+    hit1: float
+    hit_k: float
+    mrr: float
+    k: int
+
+
+async def cross_source(store: CatalogReads, index: IndexInfo, groups: CatalogGroups,
+                       items: Sequence[str], source_field: str, *, k: int = 10,
+                       batch: int = 64, progress: bool = True) -> list[CrossSourceScore]:
+    """For each source s and other source t: every picture of ``items`` from s that has a
+    partner from t in its group queries the index filtered to t; the rank of the first partner."""
+    present = set(await store.get_vectors(index, [i for i in items if i in groups.group_of]))
+    members: dict[str, set[str]] = {}
+    for item in present:
+        members.setdefault(groups.group_of[item], set()).add(item)
+    sources = sorted({groups.source_of[i] for i in present if i in groups.source_of})
+    out = []
+    for source in sources:
+        for target in (t for t in sources if t != source):
+            queries = sorted(i for i in present if groups.source_of.get(i) == source and any(
+                groups.source_of.get(m) == target for m in members[groups.group_of[i]]))
+            ranks: list[int | None] = []
+            for b in tqdm(range(0, len(queries), batch), unit="batch", disable=not progress,
+                          desc=f"items_v{index.model_version} {source}->{target}"):
+                chunk = queries[b:b + batch]
+                vectors = await store.get_vectors(index, chunk)
+                found = await store.search_many(index, [vectors[q] for q in chunk], k,
+                                                [Equals(source_field, target)])
+                for query, hits in zip(chunk, found, strict=True):
+                    group = groups.group_of[query]
+                    ranks.append(next((r for r, h in enumerate(hits, 1)
+                                       if groups.group_of.get(h.item.id) == group), None))
+            n = len(ranks)
+            out.append(CrossSourceScore(
+                index.model_version, source, target, n,
+                sum(r == 1 for r in ranks) / n if n else 0.0,
+                sum(r is not None for r in ranks) / n if n else 0.0,
+                sum(1 / r for r in ranks if r is not None) / n if n else 0.0, k))
+    return out
+
+
+async def evaluate_groups(db: Database, versions: Sequence[str], catalog: Path, group_by: str,
+                          source_field: str, *, percent: float = 20.0, salt: str = DEFAULT_SALT,
+                          k: int = 10, progress: bool = True) -> list[CrossSourceScore]:
+    """Cross-source retrieval of the held-out groups, for every version asked."""
+    groups = catalog_groups(catalog, group_by, source_field)
+    held = sorted(i for i in groups.group_of if groups.held_out(i, percent, salt))
+    if not held:
+        raise VisrecError(f"no held-out group among {len(set(groups.group_of.values()))} "
+                          f"groups of {group_by!r} (--holdout-percent {percent})")
+    out = []
+    for info in await _indexes(db, versions):
+        out += await cross_source(db.store, info, groups, held, source_field, k=k,
+                                  progress=progress)
+    return out
+
+
+def render_groups(scores: Sequence[CrossSourceScore]) -> str:
+    k = scores[0].k if scores else 10
+    rows = [f"{'version':<8} {'query -> target':<22} {'queries':>7} {'hit@1':>7} "
+            f"{'hit@' + str(k):>7} {'MRR@' + str(k):>7}"]
+    rows += [f"{s.version:<8} {s.source + ' -> ' + s.target:<22} {s.queries:>7} {s.hit1:>7.3f} "
+             f"{s.hit_k:>7.3f} {s.mrr:>7.3f}" for s in scores]
+    return "\n".join(rows)
 
 
 def render(scores: Sequence[Score]) -> str:
@@ -115,29 +208,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--salt", default=DEFAULT_SALT, help="salt of the user split")
     p.add_argument("--k", type=int, default=10, help="cut-off of recall@k and NDCG@k")
     p.add_argument("--user-prefix", default="", help="only users whose id starts with this")
+    p.add_argument("--group-by", default=None, metavar="FIELD",
+                   help="also score cross-source retrieval on held-out groups of pictures that "
+                        "share this catalog field (must match visrec-train's)")
+    p.add_argument("--source-field", default="vendor",
+                   help="with --group-by: the catalog field saying where a picture comes from; "
+                        "each source's pictures query every other source's")
+    p.add_argument("--catalog", type=Path, default=config.catalog_path,
+                   help="the catalog (VISREC_CATALOG), read for --group-by")
     p.add_argument("--json", type=Path, default=None, help="also write the scores here")
     args = p.parse_args(argv)
     if not 0 < args.holdout_percent < 100 or args.k < 1:
         p.error("--holdout-percent must be within (0, 100) and --k >= 1")
     config = with_arguments(config, args)
 
-    async def run() -> list[Score]:
+    progress = sys.stderr.isatty()
+
+    async def run() -> tuple[list[Score], list[CrossSourceScore], str | None]:
         db = config.milvus()
         try:
-            return await evaluate(db, args.versions, percent=args.holdout_percent,
-                                  salt=args.salt, k=args.k, user_prefix=args.user_prefix,
-                                  progress=sys.stderr.isatty())
+            grouped = [] if not args.group_by else await evaluate_groups(
+                db, args.versions, args.catalog, args.group_by, args.source_field,
+                percent=args.holdout_percent, salt=args.salt, k=args.k, progress=progress)
+            try:
+                users = await evaluate(db, args.versions, percent=args.holdout_percent,
+                                       salt=args.salt, k=args.k, user_prefix=args.user_prefix,
+                                       progress=progress)
+            except NoHeldOutUsers as e:
+                if not grouped:
+                    raise
+                return [], grouped, str(e)
+            return users, grouped, None
         finally:
             await db.close()
 
     try:
-        scores = asyncio.run(run())
+        scores, grouped, missing = asyncio.run(run())
     except VisrecError as e:
         print(f"visrec-evaluate: error: {e}", file=sys.stderr)
         return 2
-    print(render(scores))
+    print(render(scores) if scores else f"held-out users: {missing}")
+    if grouped:
+        print(f"\nheld-out groups of {args.group_by!r}, by {args.source_field}:")
+        print(render_groups(grouped))
     if args.json:
-        args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
+        args.json.write_text(json.dumps({"users": [asdict(s) for s in scores],
+                                         "groups": [asdict(s) for s in grouped]}, indent=2))
     return 0
 
 

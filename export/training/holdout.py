@@ -1,15 +1,19 @@
-"""The one split of users between training and evaluation: a salted hash of the user id puts a
-share of users in the hold-out, which ``visrec-train`` never reads and ``visrec-evaluate`` scores
-on. Both import it from here, so they cannot disagree."""
+"""The one split between training and evaluation: a salted hash of the user id puts a share of
+users in the hold-out, and the same hash of a catalog group (``--group-by``) a share of groups,
+which ``visrec-train`` never reads and ``visrec-evaluate`` scores on. Both import it from here, so
+they cannot disagree."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from visrec.gateway.core.domain import Interaction
+from visrec.gateway.core.errors import VisrecError
 
 DEFAULT_SALT = "visrec-holdout"
 
@@ -48,3 +52,39 @@ def cases(events: Iterable[Interaction], percent: float, salt: str = DEFAULT_SAL
         half = len(items) // 2
         out.append(Case(user, tuple(items[:half]), frozenset(items[half:])))
     return out
+
+
+@dataclass(frozen=True)
+class CatalogGroups:
+    """Which catalog items show the same product (``group``: ``unified`` in the demo, a product
+    id in a shop) and where each picture comes from (``source``: the demo's ``vendor``)."""
+    field: str
+    group_of: Mapping[str, str]
+    source_of: Mapping[str, str]
+
+    def held_out(self, item_id: str, percent: float, salt: str = DEFAULT_SALT) -> bool:
+        """Whether the item's group is in the evaluation split (groups split like users, by a
+        salted hash, so every picture of one product falls on the same side)."""
+        group = self.group_of.get(item_id)
+        return group is not None and held_out(f"{self.field}={group}", percent, salt)
+
+
+def catalog_groups(catalog: Path, field: str, source_field: str | None = None) -> CatalogGroups:
+    """The groups (and sources) of a catalog file's items; items without ``field`` are in none."""
+    if not catalog.is_file():
+        raise VisrecError(f"catalog {catalog} not found (needed to group items by {field!r})")
+    group_of: dict[str, str] = {}
+    source_of: dict[str, str] = {}
+    for line in catalog.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            continue
+        if row.get(field) not in (None, ""):
+            group_of[row["id"]] = str(row[field])
+        if source_field and row.get(source_field) not in (None, ""):
+            source_of[row["id"]] = str(row[source_field])
+    if not group_of:
+        raise VisrecError(f"no item of {catalog} has the field {field!r}")
+    if source_field and not source_of:
+        raise VisrecError(f"no item of {catalog} has the field {source_field!r}")
+    return CatalogGroups(field, group_of, source_of)

@@ -1,11 +1,13 @@
-"""visrec-train: fine-tune a projection head on what users click together.
+"""visrec-train: fine-tune a projection head on what users click together and on which pictures
+show the same product.
 
-ImageNet features know what things look like, not what our users consider alike. This job reads
-the interaction log and the item vectors of a served version (both from Milvus: the vectors are
-what Triton computed for ``items_v<N>``), and trains a linear projection head with a symmetric
-InfoNCE (contrastive) loss: two items one user interacted with are a positive pair, the other
-items of the batch are the negatives. Users held out for ``visrec-evaluate`` (same hash split)
-are never read. Optionally items that share a catalog label (``--label-field``) are positives too.
+ImageNet features know what things look like, not what our users consider alike nor which two
+pictures show one product. This job reads the interaction log and the item vectors of a served
+version (both from Milvus: the vectors are what Triton computed for ``items_v<N>``), and trains a
+linear projection head with a symmetric InfoNCE (contrastive) loss: two items one user interacted
+with are a positive pair, and with ``--group-by`` two items of one catalog group (the same
+product); the other items of the batch are the negatives. Users and groups held out for
+``visrec-evaluate`` (the same hash split) are never read.
 
 The head has no bias, so it can be trained on the served, L2-normalised vectors and applied to
 the backbone's raw features: normalise(W x / |x|) = normalise(W x). If version N itself had a
@@ -24,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,10 @@ import numpy as np
 
 from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
 from visrec.export.errors import ExportError
+from visrec.export.training.data import load_training_data, with_groups
+from visrec.export.training.holdout import catalog_groups
 from visrec.gateway.config import ConfigError
 from visrec.gateway.core.errors import VisrecError
-from visrec.gateway.core.ports import Database
 
 log = logging.getLogger("visrec.train")
 
@@ -49,6 +52,7 @@ class TrainConfig:
     temperature: float = 0.1
     max_items_per_user: int = 50
     seed: int = 0
+    group_weight: float = 2.0  # the catalog loss's weight, next to the interaction loss
 
 
 @dataclass
@@ -56,20 +60,6 @@ class TrainResult:
     weight: np.ndarray  # [dim, in_features]
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
-
-
-def positive_pairs(baskets: Iterable[Sequence[int]], max_items: int) -> np.ndarray:
-    """Every ordered pair of distinct items within one basket (a user's most recent
-    ``max_items`` items, or one label's items): shape [n, 2]."""
-    out = []
-    for basket in baskets:
-        items = list(dict.fromkeys(basket))[-max_items:]
-        if len(items) < 2:
-            continue
-        a, b = np.meshgrid(items, items, indexing="ij")
-        keep = a != b
-        out.append(np.stack([a[keep], b[keep]], axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int64)
 
 
 def pca_init(features: np.ndarray, dim: int) -> np.ndarray:
@@ -81,21 +71,43 @@ def pca_init(features: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(vt[:dim], dtype=np.float32)
 
 
-def _fingerprint(config: TrainConfig, features: np.ndarray, pairs: np.ndarray) -> str:
+def _fingerprint(config: TrainConfig, features: np.ndarray, pairs: np.ndarray,
+                 grouped: np.ndarray) -> str:
     """What a checkpoint must match to be resumed (more epochs may be asked for)."""
     settings = {k: v for k, v in asdict(config).items() if k != "epochs"}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     h.update(features.tobytes())
     h.update(pairs.tobytes())
+    h.update(grouped.tobytes())
     return h.hexdigest()
+
+
+def _info_nce(x: Any, weight: Any, idx: Any, temperature: float) -> Any:
+    """Symmetric InfoNCE of a batch of positive pairs; the other pairs are the negatives."""
+    import torch
+
+    a = torch.nn.functional.normalize(x[idx[:, 0]] @ weight.T, dim=1)
+    p = torch.nn.functional.normalize(x[idx[:, 1]] @ weight.T, dim=1)
+    logits = a @ p.T / temperature
+    labels = torch.arange(len(a))
+    # An item twice in a batch would be its own negative: mask those off-diagonal cells.
+    same = ((idx[:, 0][None, :] == idx[:, 0][:, None])
+            | (idx[:, 1][None, :] == idx[:, 1][:, None]))
+    same &= ~torch.eye(len(a), dtype=torch.bool)
+    logits = logits.masked_fill(same, float("-inf"))
+    return (torch.nn.functional.cross_entropy(logits, labels)
+            + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
 
 
 def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
                checkpoint: Path | None = None, progress: bool = True,
-               on_epoch: Callable[[int, float], None] | None = None) -> TrainResult:
+               on_epoch: Callable[[int, float], None] | None = None,
+               grouped: np.ndarray | None = None) -> TrainResult:
     """Train W ([dim, in]) with symmetric InfoNCE over ``pairs`` (row indices of ``features``).
-    With ``checkpoint``, state is saved after every epoch and a run with the same inputs and
-    config resumes from it."""
+    With ``grouped`` (catalog pairs), every step adds ``group_weight`` x the InfoNCE of a batch
+    of those (half a batch, cycling): the two kinds never share a batch, so neither drowns the
+    other, and catalog pairs are not repeated into over-fitting. With ``checkpoint``, state is
+    saved after every epoch and a run with the same inputs and config resumes from it."""
     import torch
     from tqdm import tqdm
 
@@ -106,7 +118,10 @@ def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
     weight = torch.nn.Parameter(torch.from_numpy(pca_init(features, config.dim)))
     opt = torch.optim.Adam([weight], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
-    fingerprint = _fingerprint(config, features, pairs)
+    grouped = np.zeros((0, 2), dtype=np.int64) if grouped is None else grouped
+    fingerprint = _fingerprint(config, features, pairs, grouped)
+    group_t = torch.from_numpy(grouped.astype(np.int64)) if len(grouped) > 1 else None
+    group_batch = max(2, config.batch_size // 2)
     losses: list[float] = []
     start = 0
     if checkpoint is not None and checkpoint.is_file():
@@ -122,24 +137,22 @@ def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
     pair_t = torch.from_numpy(pairs.astype(np.int64))
     for epoch in range(start, config.epochs):
         order = torch.randperm(len(pair_t), generator=gen)
+        steps = range(0, len(order), config.batch_size)
+        if group_t is not None:
+            rounds = -(-len(steps) * group_batch // len(group_t))
+            group_order = torch.cat([torch.randperm(len(group_t), generator=gen)
+                                     for _ in range(rounds)])
         total, batches = 0.0, 0
-        bar = tqdm(range(0, len(order), config.batch_size), unit="batch", leave=False,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        for b in bar:
+        bar = tqdm(steps, unit="batch", leave=False, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress)
+        for n, b in enumerate(bar):
             idx = pair_t[order[b:b + config.batch_size]]
             if len(idx) < 2:
                 continue
-            a = torch.nn.functional.normalize(x[idx[:, 0]] @ weight.T, dim=1)
-            p = torch.nn.functional.normalize(x[idx[:, 1]] @ weight.T, dim=1)
-            logits = a @ p.T / config.temperature
-            labels = torch.arange(len(a))
-            # An item twice in a batch would be its own negative: mask those off-diagonal cells.
-            same = ((idx[:, 0][None, :] == idx[:, 0][:, None])
-                    | (idx[:, 1][None, :] == idx[:, 1][:, None]))
-            same &= ~torch.eye(len(a), dtype=torch.bool)
-            logits = logits.masked_fill(same, float("-inf"))
-            loss = (torch.nn.functional.cross_entropy(logits, labels)
-                    + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+            loss = _info_nce(x, weight, idx, config.temperature)
+            if group_t is not None:
+                g = group_t[group_order[n * group_batch:(n + 1) * group_batch]]
+                loss = loss + config.group_weight * _info_nce(x, weight, g, config.temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -192,19 +205,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def label_baskets(catalog: Path, field_name: str, index_of: Mapping[str, int]) -> list[list[int]]:
-    """Items sharing a catalog label (e.g. subcategory), as extra baskets of positives."""
-    groups: dict[str, list[int]] = {}
-    for line in catalog.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get(field_name) and row.get("id") in index_of:
-                groups.setdefault(str(row[field_name]), []).append(index_of[row["id"]])
-    if not groups:
-        raise ExportError(f"no item of {catalog} has the field {field_name!r}")
-    return list(groups.values())
-
-
 def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
     config = config or JobsConfig()
     p = argparse.ArgumentParser(
@@ -227,11 +227,20 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
     p.add_argument("--user-prefix", default="",
                    help="train on the users whose ids start with this only (visrec-evaluate "
                         "has the same flag)")
-    p.add_argument("--label-field", default=None,
-                   help="also treat items sharing this catalog field as positives (needs "
-                        "--catalog)")
+    p.add_argument("--group-by", default=None, metavar="FIELD",
+                   help="also learn from the catalog: items sharing this field are pictures of "
+                        "one product and positives (e.g. unified in the demo, a product id in a "
+                        "shop); --holdout-percent of the groups are held out like users, and "
+                        "their items are never read")
+    p.add_argument("--group-weight", type=float, default=TrainConfig.group_weight,
+                   help="with --group-by and interactions: the weight of the catalog's loss "
+                        "(each step: a batch of interaction pairs and half a batch of catalog "
+                        "pairs)")
+    p.add_argument("--catalog-only", action="store_true",
+                   help="with --group-by: learn from the catalog's groups alone, no "
+                        "interactions (an epoch is one pass over the catalog pairs)")
     p.add_argument("--catalog", type=Path, default=config.catalog_path,
-                   help="the catalog (VISREC_CATALOG), read for --label-field")
+                   help="the catalog (VISREC_CATALOG), read for --group-by")
     d = TrainConfig()
     p.add_argument("--dim", type=int, default=d.dim, help="embedding size of the new version")
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -246,42 +255,6 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
     return p
 
 
-@dataclass(frozen=True)
-class TrainingData:
-    ids: list[str]
-    features: np.ndarray
-    pairs: np.ndarray
-    users: int
-    events: int
-    version: str
-
-
-def load_training_data(db: Database, version: str | None, percent: float, salt: str,
-                       max_items: int, user_prefix: str = "") -> TrainingData:
-    """Item vectors of ``items_v<version>`` and pairs from the log of the users that are not
-    held out (and whose ids start with ``user_prefix``): a held-out user's items never reach a
-    pair."""
-    from visrec.export.training.holdout import held_out, items_by_user
-    from visrec.gateway.adapters.milvus.schema import items_collection
-
-    if version is None:
-        active = db.admin.active_index()
-        if active is None:
-            raise ExportError("no index is served yet: ingest a catalog first")
-        version = active.model_version
-    collection = items_collection(version)
-    if not db.admin.has_collection(collection):
-        raise ExportError(f"no collection {collection}: nothing was embedded with version "
-                          f"{version}")
-    ids, features = db.admin.item_vectors(collection)
-    index_of = {item: n for n, item in enumerate(ids)}
-    events = [e for e in db.store.interactions() if e.user_id.startswith(user_prefix)]
-    baskets = {u: [index_of[i] for i in items if i in index_of]
-               for u, items in items_by_user(events).items() if not held_out(u, percent, salt)}
-    pairs = positive_pairs(baskets.values(), max_items)
-    return TrainingData(ids, features, pairs, len(baskets), len(events), version)
-
-
 def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
     """Train; returns the path of head.pt. ``jobs``: the configuration the flags override
     (default: read from the environment)."""
@@ -291,13 +264,16 @@ def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
 
     config = TrainConfig(dim=args.dim, epochs=args.epochs, batch_size=args.batch_size,
                          lr=args.lr, temperature=args.temperature,
-                         max_items_per_user=args.max_items_per_user, seed=args.seed)
+                         max_items_per_user=args.max_items_per_user, seed=args.seed,
+                         group_weight=args.group_weight)
     if config.dim < 1 or config.epochs < 1 or config.batch_size < 2 or config.lr <= 0 \
             or config.temperature <= 0 or config.max_items_per_user < 2:
         raise ExportError("--dim, --epochs >= 1, --batch-size, --max-items-per-user >= 2, "
                           "--lr and --temperature > 0")
     if not 0 <= args.holdout_percent < 100:
         raise ExportError("--holdout-percent must be within [0, 100)")
+    if args.group_weight <= 0 or (args.catalog_only and not args.group_by):
+        raise ExportError("--group-weight must be > 0; --catalog-only needs --group-by")
     salt = args.salt or DEFAULT_SALT
     t0 = time.perf_counter()
     db = with_arguments(jobs or JobsConfig.from_env(), args).milvus()
@@ -306,30 +282,36 @@ def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
                                   config.max_items_per_user, args.user_prefix)
     finally:
         db.close_sync()
-    pairs = data.pairs
-    if args.label_field:
-        if not args.catalog.is_file():
-            raise ExportError(f"--catalog {args.catalog} not found (needed by --label-field)")
-        index_of = {item: n for n, item in enumerate(data.ids)}
-        labelled = positive_pairs(label_baskets(args.catalog, args.label_field, index_of),
-                                  config.max_items_per_user)
-        pairs = np.concatenate([pairs, labelled])
+    held_groups = 0
+    grouped, pairs = np.zeros((0, 2), dtype=np.int64), data.pairs
+    if args.group_by:
+        groups = catalog_groups(args.catalog, args.group_by)
+        data, grouped, held_groups = with_groups(data, groups, args.holdout_percent, salt,
+                                                 config.max_items_per_user)
+        if not args.catalog_only and len(data.pairs) == 0:
+            log.info("no interaction pairs: learning from the catalog's groups alone")
+        pairs = grouped if args.catalog_only or len(data.pairs) == 0 else data.pairs
     head = base_head(args.repository, data.version)
-    log.info("version %s: %d items x %d-d; %d events, %d training users, %d positive pairs "
-             "(%.1fs)", data.version, len(data.ids), data.features.shape[1], data.events,
-             data.users, len(pairs), time.perf_counter() - t0)
+    log.info("version %s: %d items x %d-d; %d events, %d training users, %d interaction pairs, "
+             "%d catalog pairs (%d groups held out) (%.1fs)", data.version, len(data.ids),
+             data.features.shape[1], data.events, data.users, len(data.pairs), len(grouped),
+             held_groups, time.perf_counter() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out / "checkpoint.pt"
     if args.fresh:
         checkpoint.unlink(missing_ok=True)
-    result = train_head(data.features, pairs, config, checkpoint, progress=not args.quiet)
+    mixed = grouped if args.group_by and pairs is not grouped else None
+    result = train_head(data.features, pairs, config, checkpoint, progress=not args.quiet,
+                        grouped=mixed)
     weight = result.weight @ head if head is not None else result.weight
     head_path = args.out / "head.pt"
     _save_atomically(head_path, {"weight": torch.from_numpy(np.ascontiguousarray(weight))})
     (args.out / "train.json").write_text(json.dumps({
         "from_version": data.version, "items": len(data.ids), "events": data.events,
-        "training_users": data.users, "pairs": len(pairs),
-        "label_field": args.label_field, "holdout_percent": args.holdout_percent,
+        "training_users": data.users, "pairs": len(data.pairs),
+        "group_by": args.group_by, "group_pairs": len(grouped), "held_out_groups": held_groups,
+        "catalog_only": args.catalog_only,
+        "holdout_percent": args.holdout_percent,
         "salt": salt, "config": asdict(config), "losses": result.losses,
         "resumed_from_epoch": result.resumed_from, "head": str(head_path),
         "head_shape": list(weight.shape), "seconds": round(time.perf_counter() - t0, 1),

@@ -47,12 +47,12 @@ def test_local_checkpoint_exports_with_parity(tmp_path, backbone, factory, dim, 
     assert (repo / "preprocess" / "1" / "model.py").exists()
     # Idempotent: the same export again reuses version 1; a new flag value is a new version.
     assert run(args) == 1
-    assert run(build_parser().parse_args([*vars_to_argv(args), "--crop-pct", "1.0"])) == 2
-    assert read_metadata(repo, 2)["preprocess"]["resize_shorter"] == size
+    assert read_metadata(repo, 1)["preprocess"]["resize_shorter"] == size  # the whole picture
+    assert run(build_parser().parse_args([*vars_to_argv(args), "--crop-pct", "0.875"])) == 2
     # Each version brings its own preprocessing: version 1 keeps its crop.
     v1 = json.loads((repo / "preprocess" / "1" / "preprocess.json").read_text())
     v2 = json.loads((repo / "preprocess" / "2" / "preprocess.json").read_text())
-    assert v1["resize_shorter"] > v2["resize_shorter"] == size
+    assert v2["resize_shorter"] == int(size / 0.875) > v1["resize_shorter"] == size
 
 
 def vars_to_argv(args) -> list[str]:

@@ -13,14 +13,16 @@ SPEC = {"height": 224, "width": 224, "resize_shorter": 256, "interpolation": "bi
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
+@pytest.mark.parametrize("crop", [0.875, 1.0])  # the ImageNet crop, and the default export's
 @pytest.mark.parametrize("name, fmt", [("chelsea", "JPEG"), ("coffee", "PNG"),
                                        ("astronaut", "PNG"), ("rocket", "JPEG")])
-def test_to_pixels_equals_timm_eval_transform(name, fmt):
+def test_to_pixels_equals_timm_eval_transform(name, fmt, crop):
     from timm.data import create_transform
 
     data = photo(name, fmt)
-    ours = imaging.to_pixels(imaging.decode(data, 10**8), **SPEC)
-    tf = create_transform(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.875,
+    spec = {**SPEC, "resize_shorter": int(224 / crop)}
+    ours = imaging.to_pixels(imaging.decode(data, 10**8), **spec)
+    tf = create_transform(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=crop,
                           mean=SPEC["mean"], std=SPEC["std"])
     theirs = tf(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
     assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
