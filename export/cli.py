@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import shutil
 import sys
@@ -74,11 +75,13 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
                    help="a projection head applied to the backbone's features before the L2 "
                         "normalisation: a torch state dict with 'weight' [out, in] and "
                         "optionally 'bias' [out] (what visrec-train writes)")
-    p.add_argument("--crop-pct", type=float, default=1.0,
+    p.add_argument("--crop-pct", type=float, default=None,
                    help="centre crop: the shorter side is resized to size / crop-pct before "
-                        "cropping. 1.0 keeps the whole picture, which measured best on catalog "
-                        "images (python -m bench.heads: cross-vendor hit@10 0.697 vs 0.669); "
-                        "0.875 is EfficientNet-Lite0's ImageNet crop")
+                        "cropping. Default 1.0, the whole picture, which measured best on "
+                        "catalog images (python -m bench.heads: cross-vendor hit@10 0.697 vs "
+                        "0.669); 0.875 is EfficientNet-Lite0's ImageNet crop. With --head, the "
+                        "default is the crop of the version the head was trained from "
+                        "(train.json beside it): a head must see the inputs it learnt on")
     p.add_argument("--no-fp16", dest="fp16", action="store_false",
                    help="gpu-tensorrt: build the plan in FP32")
     p.add_argument("-q", "--quiet", action="store_true", help="only print errors")
@@ -99,6 +102,30 @@ def _find_identical(repository: Path, fingerprint: dict[str, Any]) -> int | None
     return None
 
 
+DEFAULT_CROP_PCT = 1.0
+
+
+def _default_crop(args: argparse.Namespace) -> float | None:
+    """1.0, or with --head the crop of the version whose vectors trained it (None: that
+    version used the backbone's own, as exports before 1.0 became the default did)."""
+    if args.head is None:
+        return DEFAULT_CROP_PCT
+    trained = args.head.parent / "train.json"
+    try:
+        base = int(json.loads(trained.read_text())["from_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s not found or unreadable: exporting the head with --crop-pct %s; pass "
+                    "the crop of the version it was trained from if that differs", trained,
+                    DEFAULT_CROP_PCT)
+        return DEFAULT_CROP_PCT
+    meta = repo.read_metadata(args.repository.resolve(), base)
+    if meta is None:
+        raise ExportError(f"the head was trained from version {base} ({trained}), which "
+                          f"{args.repository} does not hold: pass --crop-pct")
+    crop = meta.get("crop_pct")
+    return float(crop) if crop is not None else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Returns the version now holding the export."""
     from visrec.export.backbones import resolve_weights, sha256_file
@@ -115,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError("--opset must be >= 17")
     if args.crop_pct is not None and not 0.1 <= args.crop_pct <= 1.0:
         raise ExportError("--crop-pct must be within [0.1, 1.0]")
+    crop_pct = args.crop_pct if args.crop_pct is not None else _default_crop(args)
     if args.target == "gpu-tensorrt":
         from visrec.export.tensorrt_engine import tensorrt_available
 
@@ -139,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     weights_sha = sha256_file(resolve_weights(args.weights))
     head_sha = sha256_file(args.head) if args.head is not None else None
     fingerprint = _fingerprint(args.backbone, weights_sha, args.target, args.opset,
-                               args.crop_pct, head_sha)
+                               crop_pct, head_sha)
 
     existing = _find_identical(repository, fingerprint)
     if existing is not None and (args.version in (None, existing)) and not args.force:
@@ -155,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from visrec.export.onnx_export import check_parity, export_onnx, parity_images
 
     log.info("building %s with weights %s", args.backbone, args.weights)
-    backbone = build_backbone(args.backbone, args.weights, args.crop_pct)
+    backbone = build_backbone(args.backbone, args.weights, crop_pct)
     head = load_head(args.head, backbone.feature_dim) if args.head is not None else None
     model = embedding_model(backbone, head)
     dim = head.out_features if head is not None else backbone.feature_dim

@@ -143,11 +143,24 @@ def held_out_example(catalog: Path) -> str:
 
     groups = catalog_groups(catalog, "unified", "vendor")
     drawn = {g for i, g in groups.group_of.items() if groups.source_of.get(i) == "twitter"}
-    return next(i for i in sorted(groups.group_of) if groups.source_of.get(i) == "google"
-                and groups.group_of[i] in drawn and groups.held_out(i, 20.0))
+    found = next((i for i in sorted(groups.group_of) if groups.source_of.get(i) == "google"
+                  and groups.group_of[i] in drawn and groups.held_out(i, 20.0)), None)
+    if found is None:
+        raise SystemExit(f"visrec-demo: no held-out emoji of {catalog} is drawn by both vendors")
+    return found
 
 
-def show_twin(address: str, item_id: str, when: str) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def show_twin(address: str, item_id: str, when: str) -> str:
+    """SimilarItems(item, vendor == twitter): where its twitter twin ranks; the version."""
     twin = "twitter:" + item_id.split(":", 1)[1]
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.RecommenderStub(channel)
@@ -159,6 +172,7 @@ def show_twin(address: str, item_id: str, when: str) -> None:
     rank = f"rank {ids.index(twin) + 1}" if twin in ids else "not in the top 5"
     show(f"SimilarItems({item_id}, k=5, vendor == twitter) {when}: its twin {twin} is {rank}",
          reply, time.perf_counter() - start)
+    return str(reply.model_version)
 
 
 def train_catalog_head(bin_dir: Path, catalog: Path, milvus_uri: str, triton_url: str,
@@ -179,7 +193,7 @@ def train_catalog_head(bin_dir: Path, catalog: Path, milvus_uri: str, triton_url
     run([str(bin_dir / "visrec-rollout"), "--to", version, "--catalog", str(catalog), *common,
          "--triton-url", triton_url, "--repository", str(repository), "--grace-s", "0", "-q"])
     run([str(bin_dir / "visrec-evaluate"), "1", version, *common, "--group-by", "unified",
-         "--catalog", str(catalog)])
+         "--catalog", str(catalog), "--json", str(out / "evaluate.json")])
     return version
 
 
@@ -288,9 +302,15 @@ def main(argv: list[str] | None = None) -> int:
         query(address, args.item)
         if args.train_catalog:
             example = held_out_example(catalog)
-            show_twin(address, example, "before")
-            gateway.terminate()
-            gateway.wait(30)
+            if show_twin(address, example, "before") != "1":
+                # An earlier --train-catalog left its version serving: from version 1 again.
+                stop(gateway)
+                run([str(bin_dir / "visrec-rollout"), "--to", "1", "--milvus-uri",
+                     args.milvus_uri, "--triton-url", triton.grpc_url, "--repository",
+                     str(args.repository), "--grace-s", "0", "-q"])
+                gateway = start_gateway()
+                show_twin(address, example, "before, back on version 1")
+            stop(gateway)
             t = step("+   learn 'same product, other picture' from the catalog: train, export, "
                      "roll out, evaluate on emoji training never saw")
             version = train_catalog_head(bin_dir, catalog, args.milvus_uri, triton.grpc_url,
@@ -316,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         if prometheus is not None:
             prometheus.stop()
         if gateway is not None and gateway.poll() is None:
-            gateway.terminate()
-            gateway.wait(30)
+            stop(gateway)
         if owns_triton:
             triton.stop()
     return 0

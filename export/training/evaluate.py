@@ -130,7 +130,10 @@ async def cross_source(store: CatalogReads, index: IndexInfo, groups: CatalogGro
                        batch: int = 64, progress: bool = True) -> list[CrossSourceScore]:
     """For each source s and other source t: every picture of ``items`` from s that has a
     partner from t in its group queries the index filtered to t; the rank of the first partner."""
-    present = set(await store.get_vectors(index, [i for i in items if i in groups.group_of]))
+    grouped = [i for i in items if i in groups.group_of]
+    present: set[str] = set()
+    for b in range(0, len(grouped), batch):  # bounded replies (Lite stalls on huge ones)
+        present |= set(await store.get_vectors(index, grouped[b:b + batch]))
     members: dict[str, set[str]] = {}
     for item in present:
         members.setdefault(groups.group_of[item], set()).add(item)
@@ -152,6 +155,8 @@ async def cross_source(store: CatalogReads, index: IndexInfo, groups: CatalogGro
                     ranks.append(next((r for r, h in enumerate(hits, 1)
                                        if groups.group_of.get(h.item.id) == group), None))
             n = len(ranks)
+            if not n:  # no picture of ``source`` has a partner from ``target``
+                continue
             out.append(CrossSourceScore(
                 index.model_version, source, target, n,
                 sum(r == 1 for r in ranks) / n if n else 0.0,
@@ -171,8 +176,12 @@ async def evaluate_groups(db: Database, versions: Sequence[str], catalog: Path, 
                           f"groups of {group_by!r} (--holdout-percent {percent})")
     out = []
     for info in await _indexes(db, versions):
-        out += await cross_source(db.store, info, groups, held, source_field, k=k,
-                                  progress=progress)
+        scores = await cross_source(db.store, info, groups, held, source_field, k=k,
+                                    progress=progress)
+        if not scores:
+            raise VisrecError(f"no held-out picture in items_v{info.model_version} has a "
+                              f"partner of its {group_by!r} from another {source_field!r}")
+        out += scores
     return out
 
 

@@ -75,8 +75,15 @@ def catalog_groups(catalog: Path, field: str, source_field: str | None = None) -
         raise VisrecError(f"catalog {catalog} not found (needed to group items by {field!r})")
     group_of: dict[str, str] = {}
     source_of: dict[str, str] = {}
-    for line in catalog.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line) if line.strip() else None
+    try:
+        lines = catalog.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VisrecError(f"catalog {catalog}: {e}") from e
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as e:
+            raise VisrecError(f"{catalog}:{lineno}: not JSON: {e}") from e
         if not isinstance(row, dict) or not isinstance(row.get("id"), str):
             continue
         if row.get(field) not in (None, ""):

@@ -90,9 +90,11 @@ def _info_nce(x: Any, weight: Any, idx: Any, temperature: float) -> Any:
     p = torch.nn.functional.normalize(x[idx[:, 1]] @ weight.T, dim=1)
     logits = a @ p.T / temperature
     labels = torch.arange(len(a))
-    # An item twice in a batch would be its own negative: mask those off-diagonal cells.
+    # An item twice in a batch would be its own negative: mask those off-diagonal cells (also
+    # an anchor that is another row's positive: catalog pairs come in both orders).
     same = ((idx[:, 0][None, :] == idx[:, 0][:, None])
-            | (idx[:, 1][None, :] == idx[:, 1][:, None]))
+            | (idx[:, 1][None, :] == idx[:, 1][:, None])
+            | (idx[:, 0][:, None] == idx[:, 1][None, :]))
     same &= ~torch.eye(len(a), dtype=torch.bool)
     logits = logits.masked_fill(same, float("-inf"))
     return (torch.nn.functional.cross_entropy(logits, labels)
@@ -105,8 +107,8 @@ def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
                grouped: np.ndarray | None = None) -> TrainResult:
     """Train W ([dim, in]) with symmetric InfoNCE over ``pairs`` (row indices of ``features``).
     With ``grouped`` (catalog pairs), every step adds ``group_weight`` x the InfoNCE of a batch
-    of those (half a batch, cycling): the two kinds never share a batch, so neither drowns the
-    other, and catalog pairs are not repeated into over-fitting. With ``checkpoint``, state is
+    of those (half a batch): the two kinds never share a batch, so neither drowns the other; an
+    epoch is one pass over the larger set, the smaller one cycles. With ``checkpoint``, state is
     saved after every epoch and a run with the same inputs and config resumes from it."""
     import torch
     from tqdm import tqdm
@@ -136,17 +138,17 @@ def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
         log.info("resuming from %s after epoch %d", checkpoint, start)
     pair_t = torch.from_numpy(pairs.astype(np.int64))
     for epoch in range(start, config.epochs):
-        order = torch.randperm(len(pair_t), generator=gen)
-        steps = range(0, len(order), config.batch_size)
+        # An epoch passes once over the larger of the two pair sets; the other one cycles.
+        n_steps = -(-len(pair_t) // config.batch_size)
         if group_t is not None:
-            rounds = -(-len(steps) * group_batch // len(group_t))
-            group_order = torch.cat([torch.randperm(len(group_t), generator=gen)
-                                     for _ in range(rounds)])
+            n_steps = max(n_steps, -(-len(group_t) // group_batch))
+            group_order = _cycled(len(group_t), n_steps * group_batch, gen)
+        order = _cycled(len(pair_t), n_steps * config.batch_size, gen)
         total, batches = 0.0, 0
-        bar = tqdm(steps, unit="batch", leave=False, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress)
-        for n, b in enumerate(bar):
-            idx = pair_t[order[b:b + config.batch_size]]
+        bar = tqdm(range(n_steps), unit="batch", leave=False,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        for n in bar:
+            idx = pair_t[order[n * config.batch_size:(n + 1) * config.batch_size]]
             if len(idx) < 2:
                 continue
             loss = _info_nce(x, weight, idx, config.temperature)
@@ -169,6 +171,15 @@ def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
                 "weight": weight.detach().clone(), "optimizer": opt.state_dict(),
                 "generator": gen.get_state(), "losses": losses})
     return TrainResult(weight.detach().numpy().copy(), losses, start)
+
+
+def _cycled(n: int, length: int, gen: Any) -> Any:
+    """``length`` indices into ``n`` items: whole random permutations, one after another (the
+    last one cut), so every item comes once before any comes twice."""
+    import torch
+
+    rounds = max(1, -(-length // n))
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(rounds)])[:length]
 
 
 def _save_atomically(path: Path, state: Mapping[str, Any]) -> None:
@@ -272,8 +283,10 @@ def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
                           "--lr and --temperature > 0")
     if not 0 <= args.holdout_percent < 100:
         raise ExportError("--holdout-percent must be within [0, 100)")
-    if args.group_weight <= 0 or (args.catalog_only and not args.group_by):
-        raise ExportError("--group-weight must be > 0; --catalog-only needs --group-by")
+    if not args.group_weight > 0:  # nan too
+        raise ExportError("--group-weight must be > 0")
+    if args.catalog_only and not args.group_by:
+        raise ExportError("--catalog-only needs --group-by (the field that groups pictures)")
     salt = args.salt or DEFAULT_SALT
     t0 = time.perf_counter()
     db = with_arguments(jobs or JobsConfig.from_env(), args).milvus()

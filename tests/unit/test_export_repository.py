@@ -161,3 +161,32 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
          "--repository", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_head_is_exported_with_the_crop_of_the_version_it_was_trained_from(tmp_path):
+    """A head learnt on version N's vectors must see N's inputs: without --crop-pct, the
+    export takes N's crop (None: the backbone's own, as exports before 1.0 was the default)."""
+    import argparse
+
+    from visrec.export.cli import DEFAULT_CROP_PCT, _default_crop
+    from visrec.export.errors import ExportError
+
+    repository = tmp_path / "repo"
+    for version, crop in (("1", None), ("2", 0.875)):
+        folder = repository / "image_encoder" / version
+        folder.mkdir(parents=True)
+        (folder / "export.json").write_text(json.dumps({"crop_pct": crop}))
+    head = tmp_path / "train" / "head.pt"
+    head.parent.mkdir()
+    head.write_bytes(b"")
+
+    def crop_for(from_version: str | None) -> float | None:
+        if from_version is not None:
+            (head.parent / "train.json").write_text(json.dumps({"from_version": from_version}))
+        return _default_crop(argparse.Namespace(head=head, repository=repository))
+
+    assert crop_for(None) == DEFAULT_CROP_PCT == 1.0  # no train.json: the default, warned
+    assert crop_for("1") is None and crop_for("2") == 0.875
+    with pytest.raises(ExportError, match="does not hold"):
+        crop_for("7")
+    assert _default_crop(argparse.Namespace(head=None, repository=repository)) == 1.0

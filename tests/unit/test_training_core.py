@@ -229,3 +229,18 @@ async def test_cross_source_ranks_the_first_picture_of_the_same_group(tmp_path):
     assert [(s.source, s.hit_k, s.mrr) for s in one] == [("google", 0.0, 0.0),
                                                          ("twitter", pytest.approx(1 / 6),
                                                           pytest.approx(1 / 6))]
+
+
+def test_a_broken_catalog_is_a_message_with_its_line_not_a_traceback(tmp_path):
+    from visrec.export.training.holdout import catalog_groups
+    from visrec.gateway.core.errors import VisrecError
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "a", "unified": "U1"}\n{"id": "b", "unified": \n')
+    with pytest.raises(VisrecError, match=r"c.jsonl:2: not JSON"):
+        catalog_groups(path, "unified")
+    with pytest.raises(VisrecError, match="not found"):
+        catalog_groups(tmp_path / "missing.jsonl", "unified")
+    path.write_text('{"id": "a", "vendor": "google"}\n')
+    with pytest.raises(VisrecError, match=r"no item .* has the field 'unified'"):
+        catalog_groups(path, "unified")
