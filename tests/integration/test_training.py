@@ -93,8 +93,9 @@ async def test_a_head_trained_on_clicks_and_catalog_groups_beats_imagenet_and_ro
     for source, target in (("google", "twitter"), ("twitter", "google")):
         old, new = by["1", source, target], by[version, source, target]
         assert old.queries == new.queries > 300
-        # clicks and groups together: hit@10 +0.12-0.17 and MRR +0.04-0.09 measured (bench.heads)
-        assert new.hit_k > old.hit_k + 0.08 and new.mrr > old.mrr, (old, new)
+        # clicks and groups together: hit@10 +0.09 / +0.15 and MRR +0.04 / +0.08 measured here
+        # (485 queries each way), +0.14 / +0.19 on bench.heads' split
+        assert new.hit_k > old.hit_k + 0.06 and new.mrr > old.mrr, (old, new)
 
 
 def test_train_and_evaluate_without_data_say_what_is_missing(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 
 import numpy as np
 import onnxruntime as ort
@@ -58,11 +59,15 @@ async def test_triton_embedding_equals_in_process_onnxruntime(triton, encoder_se
     assert cosine >= 0.9999, cosine
 
 
-async def test_awkward_encodings_embed_like_their_rgb_decoding(triton, encoder_session):
+async def test_awkward_encodings_embed_like_their_rgb_decoding(triton, encoder_session,
+                                                              model_repository):
     from visrec.export.triton_backends import imaging
 
-    spec = {"height": 224, "width": 224, "resize_shorter": 256, "interpolation": "bicubic",
-            "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    exported = json.loads((model_repository / "image_embedding" / "1" / "preprocess.json")
+                          .read_text())
+    spec = {k: exported[k] for k in ("height", "width", "resize_shorter", "interpolation",
+                                     "mean", "std")}
+    assert spec["resize_shorter"] == 224  # the default export keeps the whole picture
     images = odd_images()
     async with InferenceServerClient(triton.grpc_url) as client:
         got = await _embed(client, list(images.values()))
