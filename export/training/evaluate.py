@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -131,9 +132,10 @@ async def cross_source(store: CatalogReads, index: IndexInfo, groups: CatalogGro
     """For each source s and other source t: every picture of ``items`` from s that has a
     partner from t in its group queries the index filtered to t; the rank of the first partner."""
     grouped = [i for i in items if i in groups.group_of]
-    present: set[str] = set()
+    vectors: dict[str, Any] = {}  # the queries' own vectors, fetched once
     for b in range(0, len(grouped), batch):  # bounded replies (Lite stalls on huge ones)
-        present |= set(await store.get_vectors(index, grouped[b:b + batch]))
+        vectors.update(await store.get_vectors(index, grouped[b:b + batch]))
+    present = set(vectors)
     members: dict[str, set[str]] = {}
     for item in present:
         members.setdefault(groups.group_of[item], set()).add(item)
@@ -147,7 +149,6 @@ async def cross_source(store: CatalogReads, index: IndexInfo, groups: CatalogGro
             for b in tqdm(range(0, len(queries), batch), unit="batch", disable=not progress,
                           desc=f"items_v{index.model_version} {source}->{target}"):
                 chunk = queries[b:b + batch]
-                vectors = await store.get_vectors(index, chunk)
                 found = await store.search_many(index, [vectors[q] for q in chunk], k,
                                                 [Equals(source_field, target)])
                 for query, hits in zip(chunk, found, strict=True):
@@ -159,9 +160,9 @@ async def cross_source(store: CatalogReads, index: IndexInfo, groups: CatalogGro
                 continue
             out.append(CrossSourceScore(
                 index.model_version, source, target, n,
-                sum(r == 1 for r in ranks) / n if n else 0.0,
-                sum(r is not None for r in ranks) / n if n else 0.0,
-                sum(1 / r for r in ranks if r is not None) / n if n else 0.0, k))
+                sum(r == 1 for r in ranks) / n,
+                sum(r is not None for r in ranks) / n,
+                sum(1 / r for r in ranks if r is not None) / n, k))
     return out
 
 
