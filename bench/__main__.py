@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import ceiling, direct, load, perf, report, scale
+from bench import ceiling, cpu, direct, load, perf, report, scale, stages
 from visrec.export.indexing.ingest import ingest
 from visrec.gateway.adapters.milvus import MilvusDatabase
 from visrec.gateway.adapters.triton_embedder import TritonEmbedder
@@ -32,6 +32,7 @@ from visrec.local.milvus_server import MilvusServer, free_port
 from visrec.local.triton_server import DEFAULT_REPOSITORY, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
+ALONE = frozenset({"load generator"})  # this process: Triton, Milvus, gateway are its children
 
 
 def machine() -> dict[str, Any]:
@@ -80,23 +81,29 @@ def load_config(url: str, model: str, change: dict[str, Any]) -> None:
 
 def tune(url: str, out: Path, seconds_ms: int, images: Path) -> dict[str, Any]:
     """Before / after for the knobs that matter on this machine."""
+    def params(**kw: Any) -> dict[str, Any]:
+        return {k: {"string_value": str(v)} for k, v in kw.items()}
+
+    def instances(n: int) -> list[dict[str, Any]]:
+        return [{"count": n, "kind": "KIND_CPU"}]
+
     variants: list[tuple[str, str, dict[str, Any]]] = [
-        ("image_encoder", "as exported: 1 instance, all cores, 2 ms batching delay", {}),
-        ("image_encoder", "2 instances x 1 ORT thread",
-         {"instance_group": [{"count": 2, "kind": "KIND_CPU"}],
-          "parameters": {"intra_op_threads": {"string_value": "1"}}}),
-        ("image_encoder", "1 instance, batching delay 10 ms",
-         {"dynamic_batching": {"max_queue_delay_microseconds": 10000}}),
-        ("image_encoder", "1 instance, no batching delay",
-         {"dynamic_batching": {"max_queue_delay_microseconds": 0}}),
-        ("image_embedding", "1 instance", {"instance_group": [{"count": 1,
-                                                               "kind": "KIND_CPU"}]}),
-        ("image_embedding", "as exported: 2 instances", {}),
-        ("image_embedding", "3 instances", {"instance_group": [{"count": 3,
-                                                                "kind": "KIND_CPU"}]}),
-        ("image_embedding", "2 instances, batching delay 10 ms, preferred batch 8 and 16",
-         {"dynamic_batching": {"max_queue_delay_microseconds": 10000,
-                               "preferred_batch_size": [8, 16]}}),
+        ("image_encoder", "as exported: 1 instance, all cores, ORT slices of 4, spinning", {}),
+        ("image_encoder", "whole dynamic batch in one ORT run", {"parameters": params(
+            ort_batch=1 << 20)}),
+        ("image_encoder", "ORT threads do not spin", {"parameters": params(ort_spinning=0)}),
+        ("image_encoder", "2 instances x 1 ORT thread", {
+            "instance_group": instances(2), "parameters": params(intra_op_threads=1)}),
+        ("image_embedding", "as exported: 2 instances x 1 ORT thread in-process, slices of 4",
+         {}),
+        ("image_embedding", "encoder through BLS (the GPU layout)", {"parameters": params(
+            encoder_runtime="triton")}),
+        ("image_embedding", "1 instance x all cores", {"instance_group": instances(1)}),
+        ("image_embedding", "3 instances", {"instance_group": instances(3)}),
+        ("image_embedding", "2 instances x 2 ORT threads (oversubscribed)", {
+            "parameters": params(intra_op_threads=2)}),
+        ("image_embedding", "whole dynamic batch in one ORT run", {"parameters": params(
+            ort_batch=1 << 20)}),
     ]
     import tritonclient.grpc as g
 
@@ -106,12 +113,15 @@ def tune(url: str, out: Path, seconds_ms: int, images: Path) -> dict[str, Any]:
     client.close()
     rows: list[dict[str, Any]] = []
     for model, label, change in variants:
-        load_config(url, model, {**original[model], **change})
+        config = json.loads(json.dumps(original[model]))
+        config.update({k: v for k, v in change.items() if k != "parameters"})
+        config.setdefault("parameters", {}).update(change.get("parameters", {}))
+        load_config(url, model, config)
         if model == "image_encoder":
             r = perf.run(model, url, out / f"tune-{len(rows)}.csv", concurrency=[4], batch=1,
                          shape="PIXELS:3,224,224", interval_ms=seconds_ms)
         else:
-            r = perf.run(model, url, out / f"tune-{len(rows)}.csv", concurrency=[8], batch=1,
+            r = perf.run(model, url, out / f"tune-{len(rows)}.csv", concurrency=[16], batch=1,
                          input_data=images, interval_ms=seconds_ms)
         rows.append({"model": model, "variant": label, "images_per_s": r[0]["images_per_s"],
                      "p50_ms": r[0]["p50 latency"] / 1000})
@@ -232,14 +242,30 @@ def main(argv: list[str] | None = None) -> int:
                                 args.out / f"perf-image_encoder-b{batch}.csv",
                                 concurrency=[1, 2, 4], batch=batch, shape="PIXELS:3,224,224",
                                 interval_ms=interval)
+            # The same with the tensors in shared memory: what the server does when the client
+            # does not take the same 2 cores to serialise 16 x 600 KB per request.
+            enc += perf.run("image_encoder", triton_url, args.out / "perf-image_encoder-shm.csv",
+                            concurrency=[2, 4], batch=16, shape="PIXELS:3,224,224",
+                            interval_ms=interval, shared_memory=True)
             results.put("perf_image_encoder", enc)
             pipe = perf.run("image_embedding", triton_url,
-                            args.out / "perf-image_embedding.csv", concurrency=[1, 2, 4, 8, 16],
-                            input_data=images, interval_ms=interval)
+                            args.out / "perf-image_embedding.csv",
+                            concurrency=[1, 2, 4, 8, 16, 32], input_data=images,
+                            interval_ms=interval)
             results.put("perf_image_embedding", pipe)
+            seconds = max(3.0, args.seconds / 2)
             results.put("ceiling_onnxruntime", ceiling.onnxruntime_throughput(
-                _onnx_file(repository), [1, 8, 16, 32, 64],
-                seconds=max(3.0, args.seconds / 2), gpu=args.target != "cpu"))
+                _onnx_file(repository), [1, 2, 4, 8, 16, 32, 64], seconds=seconds,
+                gpu=args.target != "cpu"))
+            if args.target == "cpu":  # the whole path in-process: this machine's CPU path
+                spec = _spec(repository)
+                pngs = _catalog_images(catalog, 64)
+                results.put("stages_inprocess", {
+                    "photos (JPEG)": stages.stage_times(_onnx_file(repository), spec,
+                                                        perf.photos()),
+                    "catalog (PNG)": stages.stage_times(_onnx_file(repository), spec, pngs)})
+                results.put("ceiling_whole_path", stages.ceiling(
+                    _onnx_file(repository), spec, perf.photos(), seconds=seconds))
         if "tune" in only:
             results.put("tuning", tune(triton_url, args.out, interval, images))
 
@@ -267,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
             photos = perf.photos()
             runs: dict[str, list[dict[str, Any]]] = {}
             stages_at_1: dict[str, dict[str, float]] = {}
+            pids = {"gateway": gateway_proc.pid, "load generator": os.getpid()}
+            if milvus.process is not None:
+                pids["milvus"] = milvus.process.pid
+            if triton.process is not None:
+                pids["triton"] = triton.process.pid
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             for name, call, levels in (
                 ("SimilarItems", load.similar_items(queries), [1, 4, 16]),
@@ -275,14 +306,18 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 runs[name] = []
                 for c in levels:
-                    before = stage_totals(metrics_url)
-                    runs[name].append(asyncio.run(load.closed_loop(address, call, c,
-                                                                   args.seconds)))
+                    before, cpu_before = stage_totals(metrics_url), cpu.snapshot(pids, ALONE)
+                    run = asyncio.run(load.closed_loop(address, call, c, args.seconds))
+                    # warm-up requests count too: the CPU snapshot covers them
+                    run["cpu_ms_per_request"] = cpu.per_request_ms(
+                        cpu_before, cpu.snapshot(pids, ALONE),
+                        run["requests"] + run["warmup_requests"])
+                    runs[name].append(run)
                     if c == 1:  # where a request has the gateway to itself
                         stages_at_1[name] = stage_means(before, stage_totals(metrics_url))
             runs["SimilarItems open loop"] = [
                 asyncio.run(load.open_loop(address, load.similar_items(queries), r,
-                                           args.seconds)) for r in (25, 50, 100, 200)]
+                                           args.seconds)) for r in (50, 100, 150, 200, 300)]
             results.put("gateway", runs)
             # Online catalog changes: the catalog's images as new items, 32 per stream.
             rows = [json.loads(line) for line in catalog.read_text().splitlines()[:512]]
@@ -295,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             results.put("stages_ms", stages_at_1)
             results.put("direct_milvus_similar_items", direct.similar_items_direct(
                 milvus.uri, "items_v1", queries, 10, args.seconds))
+            vectors = asyncio.run(_embed(triton_url, photos))
+            results.put("direct_milvus_search", direct.search_direct(
+                milvus.uri, "items_v1", vectors, 10, args.seconds))
             gateway_proc.terminate()  # its background refreshes would disturb what follows
             gateway_proc.wait(30)
             gateway_proc = None
@@ -333,6 +371,27 @@ def pb_item(item_id: str, row: dict[str, Any]) -> Any:
     item.attributes.update({k: v for k, v in row.items() if k not in (
         "id", "image", "name", "category", "subcategory")})
     return item
+
+
+def _spec(repository: Path) -> dict[str, Any]:
+    from visrec.export.triton_backends import imaging
+
+    newest = max((p for p in (repository / "image_embedding").iterdir() if p.name.isdigit()),
+                 key=lambda p: int(p.name))
+    return imaging.load_spec(str(newest))
+
+
+def _catalog_images(catalog: Path, n: int) -> list[bytes]:
+    rows = [json.loads(line) for line in catalog.read_text().splitlines()[:n]]
+    return [(catalog.parent / r["image"]).read_bytes() for r in rows]
+
+
+async def _embed(triton_url: str, images: list[bytes]) -> np.ndarray:
+    embedder = TritonEmbedder(triton_url, timeout_s=60)
+    try:
+        return await embedder.embed(images, model_version="1")
+    finally:
+        await embedder.close()
 
 
 def _onnx_file(repository: Path) -> Path:

@@ -1,5 +1,6 @@
-"""Direct Milvus searches for the same queries the gateway answers: what SimilarItems costs
-without the gateway (the same two calls: fetch the item's vector, search its neighbours)."""
+"""Direct Milvus calls for the same queries the gateway answers: what SimilarItems costs without
+the gateway (the same two calls: fetch the item's vector, search its neighbours), and what
+SearchByImage's search costs (one search for an embedded photo)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def similar_items_direct(uri: str, collection: str, item_ids: Sequence[str], k: 
         client.search(collection, data=[rows[0]["vector"]], anns_field="vector", limit=k + 1,
                       output_fields=fields, search_params={"metric_type": "COSINE"})
         latencies.append(time.perf_counter() - t)
+    client.close()
+    return {"requests": len(latencies), "throughput_rps": len(latencies) / seconds,
+            **percentiles(latencies)}
+
+
+def search_direct(uri: str, collection: str, vectors: Any, k: int,
+                  seconds: float) -> dict[str, Any]:
+    """The search SearchByImage makes after embedding: the same fields and search params."""
+    from pymilvus import MilvusClient
+
+    from visrec.gateway.adapters.milvus import schema
+
+    client = MilvusClient(uri=uri)
+    data = [[float(x) for x in v] for v in vectors]
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        client.search(collection, data=[data[i % len(data)]], anns_field="vector", limit=k,
+                      output_fields=schema.ITEM_FIELDS, search_params=schema.search_params(k))
+        latencies.append(time.perf_counter() - t)
+        i += 1
     client.close()
     return {"requests": len(latencies), "throughput_rps": len(latencies) / seconds,
             **percentiles(latencies)}

@@ -52,23 +52,29 @@ async def closed_loop(address: str, call: Call, concurrency: int, seconds: float
     counter = itertools.count()
     latencies: list[float] = []
     errors: list[str] = []
+    warmup = 0
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.RecommenderStub(channel)
         start = time.perf_counter()
         measure_from, end = start + warmup_s, start + warmup_s + seconds
 
         async def worker() -> None:
+            nonlocal warmup
             while (now := time.perf_counter()) < end:
                 try:
                     await call(stub, next(counter))
                     if now >= measure_from:
                         latencies.append(time.perf_counter() - now)
+                    else:
+                        warmup += 1
                 except grpc.aio.AioRpcError as e:
                     if now >= measure_from:
                         errors.append(f"{e.code().name}: {e.details()}")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _summary("closed", concurrency, latencies, errors, seconds)
+    result = _summary("closed", concurrency, latencies, errors, seconds)
+    result["warmup_requests"] = warmup
+    return result
 
 
 async def open_loop(address: str, call: Call, rate: float, seconds: float) -> dict[str, Any]:

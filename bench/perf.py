@@ -43,17 +43,23 @@ def photos() -> list[bytes]:
 
 def run(model: str, url: str, out_csv: Path, *, concurrency: list[int], batch: int = 1,
         input_data: Path | None = None, shape: str | None = None, version: str = "",
-        interval_ms: int = 5000) -> list[dict[str, Any]]:
+        interval_ms: int = 5000, shared_memory: bool = False) -> list[dict[str, Any]]:
     """perf_analyzer at each concurrency level (one run per level: the levels need not be
-    evenly spaced); the rows of its CSVs with numbers as floats. Raw CSVs are kept."""
+    evenly spaced); the rows of its CSVs with numbers as floats. Raw CSVs are kept.
+    ``shared_memory``: tensors pass through system shared memory instead of the gRPC message
+    (a co-located client; on 2 cores, serialising 16 x 600 KB per request over gRPC takes
+    the cores the server is measured on)."""
     rows: list[dict[str, Any]] = []
     for c in concurrency:
         path = out_csv.with_name(f"{out_csv.stem}-c{c}.csv")
         try:
-            rows += _run_one(model, url, path, c, batch, input_data, shape, version, interval_ms)
+            rows += _run_one(model, url, path, c, batch, input_data, shape, version, interval_ms,
+                             shared_memory)
         except UnstableError:  # a shared 2-core machine is noisy: measure longer, once
             rows += _run_one(model, url, path, c, batch, input_data, shape, version,
-                             interval_ms * 2)
+                             interval_ms * 2, shared_memory)
+    for r in rows:
+        r["shared_memory"] = shared_memory
     return rows
 
 
@@ -63,7 +69,7 @@ class UnstableError(RuntimeError):
 
 def _run_one(model: str, url: str, out_csv: Path, concurrency: int, batch: int,
              input_data: Path | None, shape: str | None, version: str,
-             interval_ms: int) -> list[dict[str, Any]]:
+             interval_ms: int, shared_memory: bool = False) -> list[dict[str, Any]]:
     cmd = [str(PERF), "-m", model, "-i", "grpc", "-u", url, "-b", str(batch),
            "--concurrency-range", f"{concurrency}:{concurrency}",
            "--measurement-interval", str(interval_ms),
@@ -74,6 +80,8 @@ def _run_one(model: str, url: str, out_csv: Path, concurrency: int, batch: int,
         cmd += ["--input-data", str(input_data)]
     if shape:
         cmd += ["--shape", shape]
+    if shared_memory:
+        cmd += ["--shared-memory", "system", "--output-shared-memory-size", str(4 << 20)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900,
                           check=False)
     if proc.returncode != 0 and "stable measurement" in proc.stdout + proc.stderr:

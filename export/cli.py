@@ -62,8 +62,13 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
                    help="instances of preprocess and of image_embedding (they decode in "
                    "parallel; 2 measured +44%% image_embedding throughput on 2 cores)")
     p.add_argument("--intra-op-threads", type=int, default=0,
-                   help="cpu target: ONNX Runtime threads per instance (0 = all cores)")
+                   help="cpu target: ONNX Runtime threads per instance (0 = all cores for "
+                   "image_encoder; the cores shared out among image_embedding's instances, "
+                   "which run the encoder in-process)")
     d = repo.ServingOptions()
+    p.add_argument("--ort-batch", type=int, default=d.ort_batch,
+                   help="cpu target: ONNX Runtime runs a dynamic batch in slices of this many "
+                   "images (small batches are faster per image on a CPU)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels,
                    help="images with more pixels are refused before decoding (decompression "
                         "bombs; a PNG is decoded whole: this bounds its memory)")
@@ -133,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     opts = repo.ServingOptions(
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
         encoder_instances=args.instances, preprocess_instances=args.preprocess_instances,
-        intra_op_threads=args.intra_op_threads, max_pixels=args.max_pixels,
+        intra_op_threads=args.intra_op_threads, ort_batch=args.ort_batch,
+        max_pixels=args.max_pixels,
         max_aspect_ratio=args.max_aspect_ratio, min_side=args.min_side,
     )
     if args.version is not None and args.version < 1:
@@ -243,7 +249,7 @@ def _write_configs(repository: Path, target: str, opts: repo.ServingOptions,
     """The three configs; a new repository serves ``version``, an existing one keeps serving
     what it serves (visrec-rollout makes a new version served)."""
     for config in (repo.preprocess_config(opts), repo.encoder_config(target, opts),
-                   repo.pipeline_config(opts)):
+                   repo.pipeline_config(opts, target)):
         repo.write_config(repository, config, serve=[version])
 
 

@@ -59,7 +59,10 @@ class ServingOptions:
     max_queue_delay_us: int = 2000
     encoder_instances: int = 1
     preprocess_instances: int = 2
-    intra_op_threads: int = 0  # 0: ONNX Runtime picks the core count
+    intra_op_threads: int = 0  # 0: the encoder all cores, the pipeline its share of them
+    # ONNX Runtime runs a dynamic batch in slices of this many images on the cpu target:
+    # small batches are faster per image on a CPU (activations stay in cache).
+    ort_batch: int = 4
     # What an uploaded image may be (checked on its header, before decoding, by Triton and by
     # the gateway, which reads these from the config): see triton_backends/imaging.py.
     max_pixels: int = 16_000_000
@@ -68,7 +71,7 @@ class ServingOptions:
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "encoder_instances", "preprocess_instances",
-                     "max_pixels", "min_side"):
+                     "max_pixels", "min_side", "ort_batch"):
             if getattr(self, name) < 1:
                 raise ExportError(f"{name.replace('_', '-')} must be >= 1")
         if self.max_aspect_ratio < 1:
@@ -94,7 +97,7 @@ def encoder_config(target: str, opts: ServingOptions) -> mc.ModelConfig:
     if target == "cpu":
         c.backend = "python"
         group.kind = mc.ModelInstanceGroup.KIND_CPU
-        _params(c, {"intra_op_threads": opts.intra_op_threads})
+        _params(c, {"intra_op_threads": opts.intra_op_threads, "ort_batch": opts.ort_batch})
     elif target == "gpu-onnx":
         c.platform = "onnxruntime_onnx"
         c.default_model_filename = "model.onnx"
@@ -123,15 +126,20 @@ def preprocess_config(opts: ServingOptions) -> mc.ModelConfig:
     return c
 
 
-def pipeline_config(opts: ServingOptions) -> mc.ModelConfig:
-    """image_embedding: bytes -> embedding, version N end to end (see the module docstring)."""
+def pipeline_config(opts: ServingOptions, target: str = "cpu") -> mc.ModelConfig:
+    """image_embedding: bytes -> embedding, version N end to end (see the module docstring).
+    On the cpu target it runs version N's model.onnx itself (no BLS hop to another python
+    process); on GPU targets it calls image_encoder N, which Triton runs on the GPU."""
     c = mc.ModelConfig(name=PIPELINE, backend="python", max_batch_size=opts.max_batch_size)
     c.input.add(name=IMAGE, data_type=mc.TYPE_STRING, dims=[1])
     c.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[-1])
     c.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     c.instance_group.add(count=opts.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     _params(c, {**image_limits(opts), "encoder_model": ENCODER,
-                "encoder_max_batch_size": opts.max_batch_size})
+                "encoder_max_batch_size": opts.max_batch_size,
+                "encoder_runtime": "onnxruntime" if target == "cpu" else "triton"})
+    if target == "cpu":
+        _params(c, {"intra_op_threads": opts.intra_op_threads, "ort_batch": opts.ort_batch})
     return c
 
 

@@ -21,18 +21,27 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's idle threads spin a moment before sleeping (its default): right for a model
+        # that has the cores to itself (on 2 cores, 216 vs 187 images/s without).
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         params.get("ort_spinning", "1"))
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        # On a CPU, small ORT batches are faster per image (activations stay in cache):
+        # EfficientNet-Lite0 in-process on 2 cores, batch 4 342 images/s, 16 ~290.
+        self.ort_batch = int(params.get("ort_batch", "0")) or (1 << 30)
 
     def execute(self, requests):
         batches = [pb_utils.get_input_tensor_by_name(r, "PIXELS").as_numpy() for r in requests]
         sizes = [len(b) for b in batches]
+        pixels = batches[0] if len(batches) == 1 else np.concatenate(batches)
         try:
-            out = self.session.run(
-                [self.output_name], {self.input_name: np.concatenate(batches).astype(np.float32)}
-            )[0]
+            out = np.concatenate([
+                self.session.run([self.output_name],
+                                 {self.input_name: pixels[i:i + self.ort_batch]})[0]
+                for i in range(0, len(pixels), self.ort_batch)])
         except Exception as e:
             err = pb_utils.TritonError(f"encoder failed: {e}", pb_utils.TritonError.INTERNAL)
             return [pb_utils.InferenceResponse(error=err) for _ in requests]

@@ -110,3 +110,41 @@ async def test_batched_request_returns_one_embedding_per_image(triton):
         out = await _embed(client, images)
     assert out.shape == (8, 1280)
     assert np.allclose(out[0], out[4], atol=1e-5) and not np.allclose(out[0], out[5], atol=1e-2)
+
+
+async def test_the_gpu_layout_calling_the_encoder_model_embeds_the_same(
+        triton, model_repository, tmp_path):
+    """GPU targets keep the encoder a Triton model (onnxruntime / tensorrt backend) that
+    image_embedding N calls through BLS; the cpu target runs N's model.onnx in the pipeline.
+    Both layouts, served side by side from the same files, give the same vectors, and the
+    BLS one really goes through image_encoder (its inference count grows)."""
+    import shutil
+
+    from visrec.export import repository as repo
+    from visrec.local.milvus_server import free_port
+    from visrec.local.triton_server import TritonServer
+
+    for model in repo.MODELS:
+        shutil.copytree(model_repository / model / "1", tmp_path / model / "1")
+        config = repo.parse_pbtxt(repo.config_path(model_repository, model).read_text())
+        config.version_policy.specific.versions[:] = [1]
+        if model == repo.PIPELINE:
+            assert config.parameters["encoder_runtime"].string_value == "onnxruntime"
+            config.parameters["encoder_runtime"].string_value = "triton"
+        repo.config_path(tmp_path, model).write_text(repo.to_pbtxt(config))
+    images = [photo(name, fmt) for name, fmt in (("chelsea", "JPEG"), ("coffee", "PNG"),
+                                                 ("astronaut", "PNG"), ("rocket", "JPEG"))]
+    bls = TritonServer(repository=tmp_path, http_port=free_port(), grpc_port=free_port(),
+                       metrics_port=free_port(), log_file=tmp_path / "triton.log")
+    bls.start()
+    try:
+        async with InferenceServerClient(bls.grpc_url) as client:
+            via_bls = await _embed(client, images)
+            stats = await client.get_inference_statistics("image_encoder", as_json=True)
+        async with InferenceServerClient(triton.grpc_url) as client:
+            in_process = await _embed(client, images)
+    finally:
+        bls.stop()
+    assert int(stats["model_stats"][0]["inference_count"]) == len(images)
+    assert via_bls.shape == in_process.shape == (4, 1280)
+    assert np.min(np.sum(via_bls * in_process, axis=1)) >= 0.9999

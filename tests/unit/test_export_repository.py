@@ -47,6 +47,12 @@ def test_preprocess_and_pipeline_configs_parse(tmp_path):
     assert pipe.input[0].data_type == mc.TYPE_STRING and list(pipe.output[0].dims) == [-1]
     assert pipe.parameters["encoder_model"].string_value == "image_encoder"
     assert list(pipe.version_policy.specific.versions) == [1]
+    # cpu: the pipeline runs N's model.onnx itself; GPU targets call image_encoder N (BLS)
+    assert pipe.parameters["encoder_runtime"].string_value == "onnxruntime"
+    for target in ("gpu-onnx", "gpu-tensorrt"):
+        gpu = repo.pipeline_config(OPTS, target)
+        assert gpu.parameters["encoder_runtime"].string_value == "triton"
+        assert "intra_op_threads" not in gpu.parameters
 
 
 def test_the_served_set_is_durable_and_only_the_rollout_changes_it(tmp_path):
