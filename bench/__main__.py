@@ -104,6 +104,8 @@ def tune(url: str, out: Path, seconds_ms: int, images: Path) -> dict[str, Any]:
             "parameters": params(intra_op_threads=2)}),
         ("image_embedding", "whole dynamic batch in one ORT run", {"parameters": params(
             ort_batch=1 << 20)}),
+        ("image_embedding", "1 decoding thread per instance", {"parameters": params(
+            decode_threads=1)}),
     ]
     import tritonclient.grpc as g
 
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         triton.start()
         triton_url = triton.grpc_url
+    server_pid = triton.process.pid if triton.process is not None else None
     shutil.rmtree(args.out / "milvus-server", ignore_errors=True)  # a fresh server each run
     milvus = MilvusServer(args.out / "milvus-server", port=free_port())
     gateway_proc = None
@@ -241,17 +244,17 @@ def main(argv: list[str] | None = None) -> int:
                 enc += perf.run("image_encoder", triton_url,
                                 args.out / f"perf-image_encoder-b{batch}.csv",
                                 concurrency=[1, 2, 4], batch=batch, shape="PIXELS:3,224,224",
-                                interval_ms=interval)
+                                interval_ms=interval, server_pid=server_pid)
             # The same with the tensors in shared memory: what the server does when the client
             # does not take the same 2 cores to serialise 16 x 600 KB per request.
             enc += perf.run("image_encoder", triton_url, args.out / "perf-image_encoder-shm.csv",
                             concurrency=[2, 4], batch=16, shape="PIXELS:3,224,224",
-                            interval_ms=interval, shared_memory=True)
+                            interval_ms=interval, shared_memory=True, server_pid=server_pid)
             results.put("perf_image_encoder", enc)
             pipe = perf.run("image_embedding", triton_url,
                             args.out / "perf-image_embedding.csv",
                             concurrency=[1, 2, 4, 8, 16, 32], input_data=images,
-                            interval_ms=interval)
+                            interval_ms=interval, server_pid=server_pid)
             results.put("perf_image_embedding", pipe)
             seconds = max(3.0, args.seconds / 2)
             results.put("ceiling_onnxruntime", ceiling.onnxruntime_throughput(
@@ -315,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name].append(run)
                     if c == 1:  # where a request has the gateway to itself
                         stages_at_1[name] = stage_means(before, stage_totals(metrics_url))
+            # The same Milvus calls without the gateway, right after the gateway's own runs and
+            # before the upserts below (Milvus flushes and compacts after them for a while).
+            results.put("direct_milvus_similar_items", direct.similar_items_direct(
+                milvus.uri, "items_v1", queries, 10, args.seconds))
+            vectors = asyncio.run(_embed(triton_url, photos))
+            results.put("direct_milvus_search", direct.search_direct(
+                milvus.uri, "items_v1", vectors, 10, args.seconds))
             runs["SimilarItems open loop"] = [
                 asyncio.run(load.open_loop(address, load.similar_items(queries), r,
                                            args.seconds)) for r in (50, 100, 150, 200, 300)]
@@ -328,11 +338,6 @@ def main(argv: list[str] | None = None) -> int:
             results.put("upsert", max(upserts, key=lambda r: r["items_per_s"]))
             results.put("upsert_runs", upserts)
             results.put("stages_ms", stages_at_1)
-            results.put("direct_milvus_similar_items", direct.similar_items_direct(
-                milvus.uri, "items_v1", queries, 10, args.seconds))
-            vectors = asyncio.run(_embed(triton_url, photos))
-            results.put("direct_milvus_search", direct.search_direct(
-                milvus.uri, "items_v1", vectors, 10, args.seconds))
             gateway_proc.terminate()  # its background refreshes would disturb what follows
             gateway_proc.wait(30)
             gateway_proc = None

@@ -43,24 +43,57 @@ def photos() -> list[bytes]:
 
 def run(model: str, url: str, out_csv: Path, *, concurrency: list[int], batch: int = 1,
         input_data: Path | None = None, shape: str | None = None, version: str = "",
-        interval_ms: int = 5000, shared_memory: bool = False) -> list[dict[str, Any]]:
+        interval_ms: int = 5000, shared_memory: bool = False,
+        server_pid: int | None = None) -> list[dict[str, Any]]:
     """perf_analyzer at each concurrency level (one run per level: the levels need not be
     evenly spaced); the rows of its CSVs with numbers as floats. Raw CSVs are kept.
     ``shared_memory``: tensors pass through system shared memory instead of the gRPC message
     (a co-located client; on 2 cores, serialising 16 x 600 KB per request over gRPC takes
-    the cores the server is measured on)."""
+    the cores the server is measured on).
+    With ``server_pid`` (a Triton started here), each row also says how many CPU ms each image
+    cost Triton and perf_analyzer over the whole run (trials and warm-up included)."""
     rows: list[dict[str, Any]] = []
     for c in concurrency:
         path = out_csv.with_name(f"{out_csv.stem}-c{c}.csv")
+        before = _cpu(url, model, server_pid)
+        n = len(rows)
         try:
             rows += _run_one(model, url, path, c, batch, input_data, shape, version, interval_ms,
                              shared_memory)
         except UnstableError:  # a shared 2-core machine is noisy: measure longer, once
             rows += _run_one(model, url, path, c, batch, input_data, shape, version,
                              interval_ms * 2, shared_memory)
+        after = _cpu(url, model, server_pid)
+        if before and after and after["images"] > before["images"]:
+            images = after["images"] - before["images"]
+            for r in rows[n:]:
+                r["cpu_ms_per_image"] = {k: 1000 * (after[k] - before[k]) / images
+                                         for k in ("triton", "perf_analyzer")}
     for r in rows:
         r["shared_memory"] = shared_memory
     return rows
+
+
+def _cpu(url: str, model: str, server_pid: int | None) -> dict[str, float] | None:
+    """CPU seconds of Triton (with its python-backend stubs) and of finished children (the
+    perf_analyzer runs), and the images ``model`` has inferred so far."""
+    if server_pid is None:
+        return None
+    import resource
+
+    import tritonclient.grpc as g
+
+    from bench.cpu import cpu_seconds
+
+    client = g.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    finally:
+        client.close()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"triton": cpu_seconds(server_pid),
+            "perf_analyzer": children.ru_utime + children.ru_stime,
+            "images": float(sum(int(s.get("inference_count", 0)) for s in stats))}
 
 
 class UnstableError(RuntimeError):

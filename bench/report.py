@@ -94,14 +94,14 @@ def _whole_path(data: dict[str, Any]) -> list[str]:
     if c:
         lines += ["", "The whole path in one process (photos; decode + preprocess + ORT; the "
                   "best row is the ceiling Triton's image_embedding is compared with):", "",
-                  "| batch | sessions x ORT threads | decode threads | images/s |",
-                  "| --- | --- | --- | --- |"]
+                  "| batch | sessions x ORT threads | decode threads | images/s | "
+                  "CPU ms per image |", "| --- | --- | --- | --- | --- |"]
         for r in c["rows"]:
             lines.append(f"| {r['batch']} | {r['workers']} x {r['ort_threads']} | "
                          f"{r['decode_threads'] or 'in the worker'} | "
-                         f"{_fmt(r['images_per_s'])} |")
+                         f"{_fmt(r['images_per_s'])} | {_fmt(r.get('cpu_ms_per_image', '-'))} |")
         lines.append(f"| {c['serial']['batch']} | serial loop, 1 x all | none | "
-                     f"{_fmt(c['serial']['images_per_s'])} |")
+                     f"{_fmt(c['serial']['images_per_s'])} | - |")
     return lines
 
 
@@ -127,7 +127,8 @@ def write(data: dict[str, Any], out: Path) -> Path:
     if "perf_image_encoder" in data:
         lines += ["", "## Triton (perf_analyzer over gRPC)", "",
                   "| model | batch | concurrency | images/s | p50 ms | p99 ms | queue us | "
-                  "compute us |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "compute us | CPU ms per image: Triton + perf_analyzer |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for key in ("perf_image_encoder", "perf_image_embedding"):
             for r in data.get(key, []):
                 shm = " (shared memory)" if r.get("shared_memory") else ""
@@ -135,7 +136,9 @@ def write(data: dict[str, Any], out: Path) -> Path:
                     f"| {key.removeprefix('perf_')}{shm} | {int(r['batch'])} | "
                     f"{int(r['Concurrency'])} | {_fmt(r['images_per_s'])} | "
                     f"{_fmt(r['p50 latency'] / 1000)} | {_fmt(r['p99 latency'] / 1000)} | "
-                    f"{_fmt(r['Server Queue'], 0)} | {_fmt(r['Server Compute Infer'], 0)} |")
+                    f"{_fmt(r['Server Queue'], 0)} | {_fmt(r['Server Compute Infer'], 0)} | "
+                    + (f"{cpu['triton']:.1f} + {cpu['perf_analyzer']:.1f}"
+                       if (cpu := r.get("cpu_ms_per_image")) else "-") + " |")
         lines += ["", "In-process ONNX Runtime (the encoder's ceiling):", "",
                   "| sessions x threads | batch | images/s | batch p50 ms |",
                   "| --- | --- | --- | --- |"]

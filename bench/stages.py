@@ -112,18 +112,19 @@ def pipelined(model: Path, spec: Mapping[str, Any], images: Sequence[bytes], *, 
         for session in sessions:  # warm-up
             session.run(None, {name: pixels(submit())})
         done[0] = 0
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         threads = [threading.Thread(target=work, args=(s, t0 + seconds)) for s in sessions]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
     return {"batch": batch, "workers": workers, "ort_threads": ort_threads or os.cpu_count(),
-            "decode_threads": decode_threads, "images_per_s": done[0] / elapsed}
+            "decode_threads": decode_threads, "images_per_s": done[0] / elapsed,
+            "cpu_ms_per_image": 1000 * cpu / max(1, done[0])}
 
 
 def serial(model: Path, spec: Mapping[str, Any], images: Sequence[bytes], *, batch: int,

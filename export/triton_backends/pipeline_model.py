@@ -27,6 +27,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 from imaging import ImageDecodeError, decode_batches, limits_of, load_spec
 
 
+def _cpus():
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a pod's
+    CPU limit; os.cpu_count() is the node's)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def _onnxruntime_session(path, threads, spinning):
     import onnxruntime as ort
 
@@ -60,11 +74,11 @@ class TritonPythonModel:
             # (oversubscribed) 80.
             instances = sum(g.get("count", 1) for g in config.get("instance_group", [])) or 1
             threads = (int(params.get("intra_op_threads", "0"))
-                       or max(1, (os.cpu_count() or 1) // instances))
+                       or max(1, _cpus() // instances))
             self.session = _onnxruntime_session(os.path.join(
                 os.path.dirname(args["model_repository"]), self.encoder, args["model_version"],
                 "model.onnx"), threads, params.get("ort_spinning", "0") == "1")
-        threads = int(params.get("decode_threads", "0")) or min(4, os.cpu_count() or 1)
+        threads = int(params.get("decode_threads", "0")) or min(4, _cpus())
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     def _encode(self, pixels):
