@@ -325,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
             vectors = asyncio.run(_embed(triton_url, photos))
             results.put("direct_milvus_search", direct.search_direct(
                 milvus.uri, "items_v1", vectors, 10, args.seconds))
+            # Triton's bytes -> vector at 1 in flight under the same conditions (Milvus and the
+            # gateway up and idling, as during SearchByImage): the other half of its target.
+            results.put("direct_triton_embedding", perf.run(
+                "image_embedding", triton_url, args.out / "perf-image_embedding-stack.csv",
+                concurrency=[1], input_data=images, interval_ms=interval)[0])
             runs["SimilarItems open loop"] = [
                 asyncio.run(load.open_loop(address, load.similar_items(queries), r,
                                            args.seconds)) for r in (50, 100, 150, 200, 300)]
