@@ -65,13 +65,13 @@ class TritonPythonModel:
         self.chunk = int(params.get("encoder_max_batch_size", "64"))
         self.session = None
         # On a CPU, small ORT batches are faster per image (activations stay in cache):
-        # EfficientNet-Lite0, one thread per session, 2 cores: batch 2 346 images/s, 4 285,
-        # 8 253, 16 228.
+        # EfficientNet-Lite0 in-process, 2 sessions x 1 thread: batch 2 346 images/s, 4 285,
+        # 8 253, 16 228. In Triton slices of 2 and 4 were within noise of each other.
         self.ort_batch = int(params.get("ort_batch", "0")) or self.chunk
         if params.get("encoder_runtime", "triton") == "onnxruntime":
-            # 0: the cores shared out among this model's instances. One ORT thread per instance
-            # with instances = cores measured 145 images/s on 2 cores; 2 instances x 2 threads
-            # (oversubscribed) 80.
+            # 0: the cores shared out among this model's instances. On 2 cores, 2 instances x 1
+            # thread: 145 images/s; x 2 threads (oversubscribed) with ORT's spinning: 80; without
+            # spinning 154 vs 161 for x 1.
             instances = sum(g.get("count", 1) for g in config.get("instance_group", [])) or 1
             threads = (int(params.get("intra_op_threads", "0"))
                        or max(1, _cpus() // instances))
