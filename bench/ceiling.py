@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 
-def _session(model: Path, threads: int, gpu: bool) -> Any:
+def ort_session(model: Path, threads: int, gpu: bool = False) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -63,7 +63,7 @@ def onnxruntime_throughput(model: Path, batch_sizes: list[int], seconds: float =
     rng = np.random.default_rng(0)
     out = []
     for sessions_n, t in layouts:
-        sessions = [_session(model, t, gpu) for _ in range(sessions_n)]
+        sessions = [ort_session(model, t, gpu) for _ in range(sessions_n)]
         for batch in batch_sizes:
             x = rng.standard_normal((batch, 3, *size)).astype(np.float32)
             rate, runs = _run(sessions, x, seconds)

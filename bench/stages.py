@@ -24,16 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.ceiling import ort_session
 from visrec.export.triton_backends import imaging
-
-
-def _session(model: Path, threads: int = 0) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def _median_ms(fn: Any, arg: Any, repeat: int) -> float:
@@ -58,7 +50,7 @@ def stage_times(model: Path, spec: Mapping[str, Any], images: Sequence[bytes], *
         crop.append(_median_ms(lambda i: imaging.resized_crop(i, **geometry), img, repeat))
         norm.append(_median_ms(lambda c: imaging.normalise(c, spec["mean"], spec["std"]),
                                cropped, repeat))
-    session = _session(model)
+    session = ort_session(model, 0)
     name = session.get_inputs()[0].name
     x = np.stack([imaging.to_pixels(imaging.decode(d, shorter_side=shorter), **spec)
                   for d in (list(images) * batch)[:batch]])
@@ -81,7 +73,7 @@ def pipelined(model: Path, spec: Mapping[str, Any], images: Sequence[bytes], *, 
     own ONNX Runtime session of ``ort_threads`` threads. With ``decode_threads`` a shared pool
     decodes each worker's next batch while its current one is encoded; with 0 a worker decodes
     its batch itself (the other workers keep the cores busy meanwhile)."""
-    sessions = [_session(model, ort_threads) for _ in range(workers)]
+    sessions = [ort_session(model, ort_threads) for _ in range(workers)]
     name = sessions[0].get_inputs()[0].name
     pool = ThreadPoolExecutor(max_workers=decode_threads) if decode_threads else None
     lock = threading.Lock()
@@ -130,7 +122,7 @@ def pipelined(model: Path, spec: Mapping[str, Any], images: Sequence[bytes], *, 
 def serial(model: Path, spec: Mapping[str, Any], images: Sequence[bytes], *, batch: int,
            seconds: float) -> dict[str, Any]:
     """The naive loop, for contrast: decode a batch, then encode it, one after the other."""
-    session = _session(model)
+    session = ort_session(model, 0)
     name = session.get_inputs()[0].name
     done, i, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
