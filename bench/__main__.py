@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="duration of each load run")
     p.add_argument("--scale", default="10000,100000",
                    help="collection sizes of the ANN scale test (add 1000000 for 1M; slow)")
+    p.add_argument("--scale-data", choices=scale.SHAPES, default="mixtures",
+                   help="shape of the ANN scale test's vectors (see bench/scale.py)")
     p.add_argument("--only", default="", help="comma-separated subset: perf,tune,gateway "
                    "(with UpsertItems),ingest,scale (empty: all)")
     p.add_argument("--target", choices=["cpu", "gpu-onnx", "gpu-tensorrt"], default="cpu",
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         interval = int(max(3.0, args.seconds / 2) * 1000)
         if "perf" in only:
             enc = []
-            for batch in (1, 8, 16):
+            for batch in (1, 4, 8, 16):  # 4: the slice the encoder runs ORT on
                 enc += perf.run("image_encoder", triton_url,
                                 args.out / f"perf-image_encoder-b{batch}.csv",
                                 concurrency=[1, 2, 4], batch=batch, shape="PIXELS:3,224,224",
@@ -325,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
             vectors = asyncio.run(_embed(triton_url, photos))
             results.put("direct_milvus_search", direct.search_direct(
                 milvus.uri, "items_v1", vectors, 10, args.seconds))
+            # What the direct baselines do not show: Milvus after an idle gap, SearchByImage's
+            # two calls back to back without the gateway, a gRPC call that does nothing.
+            results.put("milvus_search_after_idle", direct.search_after_idle(
+                milvus.uri, "items_v1", vectors, 10))
+            results.put("direct_search_by_image", direct.search_by_image_direct(
+                triton_url, milvus.uri, "items_v1", photos, 10, args.seconds))
+            results.put("grpc_floor", asyncio.run(load.grpc_floor(address, args.seconds)))
             # Triton's bytes -> vector at 1 in flight under the same conditions (Milvus and the
             # gateway up and idling, as during SearchByImage): the other half of its target.
             results.put("direct_triton_embedding", perf.run(
@@ -357,10 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" in only:
             base = _catalog_vectors(triton_url, catalog, args.out)
             sizes = [int(s) for s in args.scale.split(",") if s]
-            rows = scale.run(str(args.out / "scale-lite.db"), "lite", base, sizes)
+            rows = scale.run(str(args.out / "scale-lite.db"), "lite", base, sizes,
+                             shape=args.scale_data)
             if milvus.process is None:
                 milvus.start()
-            rows += scale.run(milvus.uri, "server", base, sizes)
+            rows += scale.run(milvus.uri, "server", base, sizes, shape=args.scale_data)
             results.put("scale", rows)
     finally:
         if gateway_proc is not None:

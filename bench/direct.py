@@ -1,23 +1,47 @@
-"""Direct Milvus calls for the same queries the gateway answers: what SimilarItems costs without
-the gateway (the same two calls: fetch the item's vector, search its neighbours), and what
-SearchByImage's search costs (one search for an embedded photo)."""
+"""Direct calls for the same work the gateway does, made by one client without the gateway:
+what SimilarItems costs in Milvus (the same two calls: fetch the item's vector, search its
+neighbours, with the gateway's filter, fields, search parameters and consistency), what
+SearchByImage costs without the gateway (embed in Triton, then the same search, back to back),
+and how Milvus' own latency depends on how long it was idle before a call."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.stats import percentiles
+import numpy as np
+
+from bench.stats import median, percentiles
+
+
+def _gateway_calls(client: Any, collection: str, k: int) -> tuple[Any, Any]:
+    """The lookup and the search exactly as the gateway's Milvus adapter makes them."""
+    from visrec.gateway.adapters.milvus import schema
+    from visrec.gateway.adapters.milvus.serving import READS, in_ids
+
+    def lookup(item_id: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = client.query(
+            collection, filter=in_ids([item_id]), output_fields=["id", "vector"],
+            consistency_level=READS)
+        return rows
+
+    def search(vector: Sequence[float], limit: int = k) -> Any:
+        return client.search(collection, data=[list(vector)], anns_field="vector", limit=limit,
+                             output_fields=schema.ITEM_FIELDS,
+                             search_params=schema.search_params(limit), consistency_level=READS)
+
+    return lookup, search
 
 
 def similar_items_direct(uri: str, collection: str, item_ids: Sequence[str], k: int,
                          seconds: float) -> dict[str, Any]:
+    """SimilarItems' two Milvus calls back to back, one request after another."""
     from pymilvus import MilvusClient
 
     client = MilvusClient(uri=uri)
-    fields = ["id", "name", "category", "subcategory", "image_uri", "attributes"]
+    lookup, search = _gateway_calls(client, collection, k)
     latencies: list[float] = []
     end = time.perf_counter() + seconds
     i = 0
@@ -25,10 +49,8 @@ def similar_items_direct(uri: str, collection: str, item_ids: Sequence[str], k: 
         item = item_ids[i % len(item_ids)]
         i += 1
         t = time.perf_counter()
-        rows = client.query(collection, filter=f"id in [{json.dumps(item)}]",
-                            output_fields=["vector"])
-        client.search(collection, data=[rows[0]["vector"]], anns_field="vector", limit=k + 1,
-                      output_fields=fields, search_params={"metric_type": "COSINE"})
+        rows = lookup(item)
+        search(rows[0]["vector"], k + 1)  # the item itself comes back first
         latencies.append(time.perf_counter() - t)
     client.close()
     return {"requests": len(latencies), "throughput_rps": len(latencies) / seconds,
@@ -37,22 +59,86 @@ def similar_items_direct(uri: str, collection: str, item_ids: Sequence[str], k: 
 
 def search_direct(uri: str, collection: str, vectors: Any, k: int,
                   seconds: float) -> dict[str, Any]:
-    """The search SearchByImage makes after embedding: the same fields and search params."""
+    """The search SearchByImage makes after embedding, one after another."""
     from pymilvus import MilvusClient
 
-    from visrec.gateway.adapters.milvus import schema
-
     client = MilvusClient(uri=uri)
+    _, search = _gateway_calls(client, collection, k)
     data = [[float(x) for x in v] for v in vectors]
     latencies: list[float] = []
     end = time.perf_counter() + seconds
     i = 0
     while time.perf_counter() < end:
         t = time.perf_counter()
-        client.search(collection, data=[data[i % len(data)]], anns_field="vector", limit=k,
-                      output_fields=schema.ITEM_FIELDS, search_params=schema.search_params(k))
+        search(data[i % len(data)])
         latencies.append(time.perf_counter() - t)
         i += 1
     client.close()
     return {"requests": len(latencies), "throughput_rps": len(latencies) / seconds,
             **percentiles(latencies)}
+
+
+def search_after_idle(uri: str, collection: str, vectors: Any, k: int,
+                      gaps_ms: Sequence[float] = (0, 0.5, 1, 3, 10),
+                      calls: int = 150) -> list[dict[str, float]]:
+    """p50 of one search after the client slept ``gap`` ms (nothing else asking Milvus). A
+    search issued right after another is faster than one issued after the machine idled:
+    threads park and cores sleep. Inside the gateway Milvus always sees such gaps (the
+    request's trip through the gateway, the embedding before SearchByImage's search)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    _, search = _gateway_calls(client, collection, k)
+    data = [[float(x) for x in v] for v in vectors]
+    rows = []
+    for gap in gaps_ms:
+        latencies = []
+        for i in range(calls):
+            if gap:
+                time.sleep(gap / 1000)
+            t = time.perf_counter()
+            search(data[i % len(data)])
+            latencies.append(time.perf_counter() - t)
+        rows.append({"gap_ms": float(gap), "p50_ms": median(latencies) * 1000})
+    client.close()
+    return rows
+
+
+def search_by_image_direct(triton_url: str, uri: str, collection: str, images: Sequence[bytes],
+                           k: int, seconds: float, model_version: str = "1") -> dict[str, Any]:
+    """SearchByImage's work without the gateway: embed the photo in Triton (the gateway's own
+    Triton client), then the same Milvus search, back to back, one request after another."""
+    from pymilvus import MilvusClient
+
+    from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+
+    client = MilvusClient(uri=uri)
+    _, search = _gateway_calls(client, collection, k)
+
+    async def run() -> tuple[list[float], list[float], list[float]]:
+        embedder = TritonEmbedder(triton_url)
+        total: list[float] = []
+        embed: list[float] = []
+        ann: list[float] = []
+        try:
+            end = time.perf_counter() + seconds
+            i = 0
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                vector = await embedder.embed([images[i % len(images)]],
+                                              model_version=model_version)
+                t1 = time.perf_counter()
+                search(np.asarray(vector[0], dtype=np.float32).tolist())
+                t2 = time.perf_counter()
+                total.append(t2 - t0)
+                embed.append(t1 - t0)
+                ann.append(t2 - t1)
+                i += 1
+        finally:
+            await embedder.close()
+        return total, embed, ann
+
+    total, embed, ann = asyncio.run(run())
+    client.close()
+    return {"requests": len(total), **percentiles(total),
+            "embed_p50_ms": median(embed) * 1000, "search_p50_ms": median(ann) * 1000}

@@ -77,6 +77,22 @@ async def closed_loop(address: str, call: Call, concurrency: int, seconds: float
     return result
 
 
+async def grpc_floor(address: str, seconds: float) -> dict[str, Any]:
+    """grpc.health.v1 Check at 1 in flight: what any call through the gateway pays before it
+    does any work (client and server gRPC stacks, both in Python, the interceptors, loopback)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        end = time.perf_counter() + seconds
+        while (now := time.perf_counter()) < end:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            latencies.append(time.perf_counter() - now)
+    return _summary("closed", 1, latencies, [], seconds)
+
+
 async def open_loop(address: str, call: Call, rate: float, seconds: float) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []

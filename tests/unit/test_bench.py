@@ -7,17 +7,34 @@ import pytest
 from bench import load, report, scale
 
 
-def test_streamed_exact_topk_equals_brute_force_over_all_vectors():
+@pytest.mark.parametrize("shape", scale.SHAPES)
+def test_streamed_exact_topk_equals_brute_force_over_all_vectors(shape):
     base = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
     n = scale.CHUNK * 2 + 123  # crosses chunk boundaries, last chunk partial
-    everything = np.concatenate([v for _, v in scale.chunks(base, n)])
+    everything = np.concatenate([v for _, v in scale.chunks(base, n, shape=shape)])
     assert everything.shape == (n, 16)
     assert np.allclose(np.linalg.norm(everything, axis=1), 1.0, atol=1e-5)
-    queries = scale._chunk(base, 10**6, 0.35, 1)[:7]
-    got = scale.exact_topk(base, n, queries, 10)
+    queries = scale._chunk(base, 10**6, 0.35, 1, shape)[:7]
+    got, similarity = scale.exact_topk_scored(base, n, queries, 10, shape=shape)
     want = np.argsort(-(queries @ everything.T), axis=1)[:, :10]
     for g, w in zip(got, want, strict=True):
         assert set(g.tolist()) == set(w.tolist())
+    # best first, and the similarities are those of the ids
+    assert np.all(np.diff(similarity, axis=1) <= 0)
+    assert np.allclose(similarity, np.take_along_axis(queries @ everything.T, got, 1), atol=1e-5)
+
+
+def test_mixtures_fill_the_space_between_real_points_and_clusters_do_not():
+    base = np.eye(8, dtype=np.float32)  # 8 orthogonal "real" embeddings
+    clusters = scale._chunk(base, 0, 0.0, 0, "clusters")
+    mixtures = scale._chunk(base, 0, 0.0, 0, "mixtures")
+    # without noise a cluster point is a real point; a mixture mostly lies between two
+    assert np.allclose(clusters.max(axis=1), 1.0)
+    between = (mixtures > 1e-6).sum(axis=1)
+    assert np.all(between <= 2) and np.mean(between == 2) > 0.8  # 7 / 8 pick two points
+    assert np.all((clusters > 1e-6).sum(axis=1) == 1)
+    with pytest.raises(ValueError, match="mixtures"):
+        scale._chunk(base, 0, 0.35, 0, "uniform")
 
 
 def test_chunks_are_deterministic_and_growing_a_collection_only_appends():
@@ -68,6 +85,10 @@ def test_targets_compare_best_throughputs_and_the_single_client_latency():
     stack = {**_results(90, 70, 100, 80, 13, 10, 24, 60, 0.97),
              "direct_triton_embedding": {"p50 latency": 14_000.0}}
     assert report.ratios(stack)[3][4] == "24.00 / (14.00 + 8.00) ms"
+    # the same two calls without the gateway are named beside the target's own sum
+    both = {**stack, "direct_search_by_image": {"p50_ms": 20.0, "embed_p50_ms": 15.0,
+                                                "search_p50_ms": 5.0}}
+    assert report.ratios(both)[3][4].endswith("without the gateway: 20.00 ms (1.20 x)")
     rows = report.ratios(_results(80, 50, 100, 80, 14, 10, 25, 30, None))
     assert [met for *_, met, _ in rows] == [False, False, False, False, False, None]
     assert "at 100,000: 0.990" in rows[-1][4]
@@ -87,6 +108,23 @@ async def test_closed_loop_counts_answers_and_names_errors(gateway_address):
                                  concurrency=1, seconds=0.3, warmup_s=0.0)
     assert bad["requests"] == 0 and bad["errors"] > 0
     assert bad["error_samples"][0].startswith("NOT_FOUND")
+
+
+async def test_grpc_floor_times_a_health_check_through_the_gateway(gateway_address):
+    r = await load.grpc_floor(gateway_address, seconds=0.3)
+    assert r["requests"] > 0 and r["errors"] == 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+
+
+def test_the_report_shows_what_the_direct_baselines_do_not(tmp_path):
+    data = {"gateway": {}, "grpc_floor": {"p50_ms": 0.45},
+            "milvus_search_after_idle": [{"gap_ms": 0.0, "p50_ms": 1.8},
+                                         {"gap_ms": 3.0, "p50_ms": 3.3}],
+            "direct_search_by_image": {"p50_ms": 17.1, "embed_p50_ms": 13.4,
+                                       "search_p50_ms": 3.7}}
+    text = report.write(data, tmp_path).read_text()
+    assert "p50 0.45 ms" in text
+    assert "| idle before the call | 0 ms | 3 ms |" in text and "| 1.80 | 3.30 |" in text
+    assert "p50 17.10 ms; embed p50 13.40, search p50 3.70 ms" in text
 
 
 async def test_open_loop_sends_the_offered_rate_and_measures_from_schedule(gateway_address):
