@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import ceiling, cpu, direct, load, perf, report, scale, stages
+from bench import ceiling, cpu, direct, load, paired, perf, report, scale, stages
 from visrec.export.indexing.ingest import ingest
 from visrec.gateway.adapters.milvus import MilvusDatabase
 from visrec.gateway.adapters.triton_embedder import TritonEmbedder
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="duration of each load run")
     p.add_argument("--scale", default="10000,100000",
                    help="collection sizes of the ANN scale test (add 1000000 for 1M; slow)")
+    p.add_argument("--scale-backends", default="lite,server",
+                   help="where the ANN scale test runs: lite (Milvus Lite, IVF_FLAT), server "
+                   "(Milvus server, HNSW); 1M on Lite takes hours")
     p.add_argument("--scale-data", choices=scale.SHAPES, default="mixtures",
                    help="shape of the ANN scale test's vectors (see bench/scale.py)")
     p.add_argument("--only", default="", help="comma-separated subset: perf,tune,gateway "
@@ -334,6 +337,25 @@ def main(argv: list[str] | None = None) -> int:
             results.put("direct_search_by_image", direct.search_by_image_direct(
                 triton_url, milvus.uri, "items_v1", photos, 10, args.seconds))
             results.put("grpc_floor", asyncio.run(load.grpc_floor(address, args.seconds)))
+            # The latency targets compare the gateway with its backends in interleaved rounds:
+            # the machine drifts more in minutes than the gateway costs.
+            short = max(1.0, args.seconds / 4)
+
+            def gateway_p50(call: load.Call) -> float:
+                return float(asyncio.run(load.closed_loop(address, call, 1, short,
+                                                          warmup_s=0.3))["p50_ms"])
+
+            results.put("paired_similar_items", paired.rounds({
+                "gateway": lambda: gateway_p50(load.similar_items(queries)),
+                "direct": lambda: direct.similar_items_direct(
+                    milvus.uri, "items_v1", queries, 10, short)["p50_ms"]}))
+            results.put("paired_search_by_image", paired.rounds({
+                "gateway": lambda: gateway_p50(load.search_by_image(photos)),
+                "triton": lambda: direct.embed_direct(triton_url, photos, short)["p50_ms"],
+                "search": lambda: direct.search_direct(
+                    milvus.uri, "items_v1", vectors, 10, short)["p50_ms"],
+                "back to back": lambda: direct.search_by_image_direct(
+                    triton_url, milvus.uri, "items_v1", photos, 10, short)["p50_ms"]}))
             # Triton's bytes -> vector at 1 in flight under the same conditions (Milvus and the
             # gateway up and idling, as during SearchByImage): the other half of its target.
             results.put("direct_triton_embedding", perf.run(
@@ -366,11 +388,15 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" in only:
             base = _catalog_vectors(triton_url, catalog, args.out)
             sizes = [int(s) for s in args.scale.split(",") if s]
-            rows = scale.run(str(args.out / "scale-lite.db"), "lite", base, sizes,
-                             shape=args.scale_data)
-            if milvus.process is None:
-                milvus.start()
-            rows += scale.run(milvus.uri, "server", base, sizes, shape=args.scale_data)
+            backends = set(filter(None, args.scale_backends.split(",")))
+            rows = []
+            if "lite" in backends:
+                rows += scale.run(str(args.out / "scale-lite.db"), "lite", base, sizes,
+                                  shape=args.scale_data)
+            if "server" in backends:
+                if milvus.process is None:
+                    milvus.start()
+                rows += scale.run(milvus.uri, "server", base, sizes, shape=args.scale_data)
             results.put("scale", rows)
     finally:
         if gateway_proc is not None:

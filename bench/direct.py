@@ -104,6 +104,31 @@ def search_after_idle(uri: str, collection: str, vectors: Any, k: int,
     return rows
 
 
+def embed_direct(triton_url: str, images: Sequence[bytes], seconds: float,
+                 model_version: str = "1") -> dict[str, Any]:
+    """Triton's bytes -> vector through the gateway's own Triton client, one image after
+    another (what SearchByImage's embed stage waits for, without the gateway)."""
+    from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+
+    async def run() -> list[float]:
+        embedder = TritonEmbedder(triton_url)
+        latencies: list[float] = []
+        try:
+            end = time.perf_counter() + seconds
+            i = 0
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                await embedder.embed([images[i % len(images)]], model_version=model_version)
+                latencies.append(time.perf_counter() - t)
+                i += 1
+        finally:
+            await embedder.close()
+        return latencies
+
+    latencies = asyncio.run(run())
+    return {"requests": len(latencies), **percentiles(latencies)}
+
+
 def search_by_image_direct(triton_url: str, uri: str, collection: str, images: Sequence[bytes],
                            k: int, seconds: float, model_version: str = "1") -> dict[str, Any]:
     """SearchByImage's work without the gateway: embed the photo in Triton (the gateway's own

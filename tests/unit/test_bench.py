@@ -4,7 +4,7 @@ table, and the load generator against a real gRPC server (in-memory adapters).""
 import numpy as np
 import pytest
 
-from bench import load, report, scale
+from bench import load, paired, report, scale
 
 
 @pytest.mark.parametrize("shape", scale.SHAPES)
@@ -108,6 +108,45 @@ async def test_closed_loop_counts_answers_and_names_errors(gateway_address):
                                  concurrency=1, seconds=0.3, warmup_s=0.0)
     assert bad["requests"] == 0 and bad["errors"] > 0
     assert bad["error_samples"][0].startswith("NOT_FOUND")
+
+
+def test_paired_rounds_interleave_the_measures_and_take_each_ones_median():
+    calls: list[str] = []
+
+    def measure(name: str, values: list[float]):
+        def run() -> float:
+            calls.append(name)
+            return values[sum(c == name for c in calls) - 1]
+        return run
+
+    r = paired.rounds({"gateway": measure("gateway", [9.0, 5.0, 6.0]),
+                       "direct": measure("direct", [4.0, 3.0, 100.0])}, n=3)
+    assert calls == ["gateway", "direct"] * 3  # side by side, round after round
+    assert r["p50_ms"] == {"gateway": 6.0, "direct": 4.0} and r["rounds"] == 3
+    assert r["per_round_ms"]["direct"] == [4.0, 3.0, 100.0]
+    with pytest.raises(ValueError):
+        paired.rounds({"x": lambda: 1.0}, n=0)
+
+
+def test_latency_targets_take_the_interleaved_medians_when_measured(tmp_path):
+    data = {**_results(90, 70, 100, 80, 13, 10, 24, 60, 0.97),
+            "paired_similar_items": {"rounds": 2, "p50_ms": {"gateway": 5.0, "direct": 4.0},
+                                     "per_round_ms": {"gateway": [5.0, 5.0],
+                                                      "direct": [4.0, 4.0]}},
+            "paired_search_by_image": {"rounds": 2, "p50_ms": {
+                "gateway": 18.0, "triton": 12.0, "search": 3.0, "back to back": 16.0},
+                "per_round_ms": {"gateway": [18.0, 18.0], "triton": [12.0, 12.0],
+                                 "search": [3.0, 3.0], "back to back": [16.0, 16.0]}}}
+    rows = {name: (round(value, 3), met, how) for name, value, _, met, how in
+            report.ratios(data)}
+    similar = rows[report.TARGETS[2][0]]
+    assert similar[:2] == (1.25, True) and "2 interleaved rounds" in similar[2]
+    by_image = rows[report.TARGETS[3][0]]
+    assert by_image[:2] == (1.2, True)
+    assert "18.00 / (12.00 + 3.00) ms" in by_image[2] and "16.00 ms (1.12 x)" in by_image[2]
+    text = report.write({"gateway": {}, **{k: v for k, v in data.items() if "paired" in k}},
+                        tmp_path).read_text()
+    assert "| back to back | 16.00 | 16.00 | 16.00 |" in text
 
 
 async def test_grpc_floor_times_a_health_check_through_the_gateway(gateway_address):
