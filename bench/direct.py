@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from bench.stats import median, percentiles
 def _gateway_calls(client: Any, collection: str, k: int) -> tuple[Any, Any]:
     """The lookup and the search exactly as the gateway's Milvus adapter makes them."""
     from visrec.gateway.adapters.milvus import schema
+    from visrec.gateway.adapters.milvus.expr import compile_filter
     from visrec.gateway.adapters.milvus.serving import READS, in_ids
 
     def lookup(item_id: str) -> list[dict[str, Any]]:
@@ -29,7 +30,7 @@ def _gateway_calls(client: Any, collection: str, k: int) -> tuple[Any, Any]:
 
     def search(vector: Sequence[float], limit: int = k) -> Any:
         return client.search(collection, data=[list(vector)], anns_field="vector", limit=limit,
-                             output_fields=schema.ITEM_FIELDS,
+                             filter=compile_filter(()), output_fields=schema.ITEM_FIELDS,
                              search_params=schema.search_params(limit), consistency_level=READS)
 
     return lookup, search
@@ -104,28 +105,45 @@ def search_after_idle(uri: str, collection: str, vectors: Any, k: int,
     return rows
 
 
-def embed_direct(triton_url: str, images: Sequence[bytes], seconds: float,
-                 model_version: str = "1") -> dict[str, Any]:
-    """Triton's bytes -> vector through the gateway's own Triton client, one image after
-    another (what SearchByImage's embed stage waits for, without the gateway)."""
+def _embed_then(triton_url: str, images: Sequence[bytes], seconds: float, model_version: str,
+                after: Callable[[list[float]], Any] | None = None
+                ) -> tuple[list[float], list[float], list[float]]:
+    """Embed one image after another with the gateway's own Triton client, each followed by
+    ``after(vector)`` when given; seconds per request in total, for the embedding, for after."""
     from visrec.gateway.adapters.triton_embedder import TritonEmbedder
 
-    async def run() -> list[float]:
+    async def run() -> tuple[list[float], list[float], list[float]]:
         embedder = TritonEmbedder(triton_url)
-        latencies: list[float] = []
+        total: list[float] = []
+        embed: list[float] = []
+        rest: list[float] = []
         try:
             end = time.perf_counter() + seconds
             i = 0
             while time.perf_counter() < end:
-                t = time.perf_counter()
-                await embedder.embed([images[i % len(images)]], model_version=model_version)
-                latencies.append(time.perf_counter() - t)
+                t0 = time.perf_counter()
+                vector = await embedder.embed([images[i % len(images)]],
+                                              model_version=model_version)
+                t1 = time.perf_counter()
+                if after is not None:
+                    after(np.asarray(vector[0], dtype=np.float32).tolist())
+                t2 = time.perf_counter()
+                total.append(t2 - t0)
+                embed.append(t1 - t0)
+                rest.append(t2 - t1)
                 i += 1
         finally:
             await embedder.close()
-        return latencies
+        return total, embed, rest
 
-    latencies = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def embed_direct(triton_url: str, images: Sequence[bytes], seconds: float,
+                 model_version: str = "1") -> dict[str, Any]:
+    """Triton's bytes -> vector through the gateway's own Triton client, one image after
+    another (what SearchByImage's embed stage waits for, without the gateway)."""
+    latencies = _embed_then(triton_url, images, seconds, model_version)[0]
     return {"requests": len(latencies), **percentiles(latencies)}
 
 
@@ -135,35 +153,11 @@ def search_by_image_direct(triton_url: str, uri: str, collection: str, images: S
     Triton client), then the same Milvus search, back to back, one request after another."""
     from pymilvus import MilvusClient
 
-    from visrec.gateway.adapters.triton_embedder import TritonEmbedder
-
     client = MilvusClient(uri=uri)
     _, search = _gateway_calls(client, collection, k)
-
-    async def run() -> tuple[list[float], list[float], list[float]]:
-        embedder = TritonEmbedder(triton_url)
-        total: list[float] = []
-        embed: list[float] = []
-        ann: list[float] = []
-        try:
-            end = time.perf_counter() + seconds
-            i = 0
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                vector = await embedder.embed([images[i % len(images)]],
-                                              model_version=model_version)
-                t1 = time.perf_counter()
-                search(np.asarray(vector[0], dtype=np.float32).tolist())
-                t2 = time.perf_counter()
-                total.append(t2 - t0)
-                embed.append(t1 - t0)
-                ann.append(t2 - t1)
-                i += 1
-        finally:
-            await embedder.close()
-        return total, embed, ann
-
-    total, embed, ann = asyncio.run(run())
-    client.close()
+    try:
+        total, embed, ann = _embed_then(triton_url, images, seconds, model_version, search)
+    finally:
+        client.close()
     return {"requests": len(total), **percentiles(total),
             "embed_p50_ms": median(embed) * 1000, "search_p50_ms": median(ann) * 1000}

@@ -197,3 +197,48 @@ def test_cpu_seconds_count_a_busy_child_only_with_its_parent_when_asked():
     spent = cpu.per_request_ms(before, after, requests=1)
     assert spent["tree"] - spent["alone"] >= 450  # the child's 0.5 s, in ms
     assert spent["alone"] < spent["tree"]
+
+
+class _Recorder:
+    """A stand-in Milvus client that records each call's arguments."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+
+    def query(self, collection: str, **kw):
+        self.calls.append(("query", collection, kw))
+        return [{"id": "a", "vector": [0.5, 0.75]}]  # exact in float32
+
+    def search(self, collection: str, **kw):
+        self.calls.append(("search", collection, kw))
+        return [[]]
+
+
+async def test_the_direct_baseline_sends_the_gateways_own_milvus_calls():
+    import numpy as np
+
+    from bench import direct
+    from visrec.gateway.adapters.milvus.serving import MilvusServingStore
+    from visrec.gateway.core.domain import IndexInfo
+
+    class Db:
+        timeout = 5.0
+
+        def __init__(self, client: _Recorder) -> None:
+            self.client = client
+
+        async def run(self, fn, *args, **kwargs):
+            return fn(self.client, *args, **kwargs)
+
+    gateway = _Recorder()
+    store = MilvusServingStore(Db(gateway))  # type: ignore[arg-type]
+    index = IndexInfo("items_v1", "1", 2, {}, 8)
+    vector = (await store.get_vectors(index, ["a"]))["a"]
+    await store.search(index, np.asarray(vector), 11, [])
+    baseline = _Recorder()
+    lookup, search = direct._gateway_calls(baseline, "items_v1", 10)
+    search(lookup("a")[0]["vector"], 11)
+    # the same calls with the same arguments; the deadline is the client's own in the baseline
+    assert baseline.calls == [(op, c, {k: v for k, v in kw.items() if k != "timeout"})
+                              for op, c, kw in gateway.calls]
+    assert [op for op, *_ in baseline.calls] == ["query", "search"]
