@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="rebuild the report from <out>/results.json")
     args = p.parse_args(argv)
+    if not set(filter(None, args.scale_backends.split(","))) <= {"lite", "server"}:
+        p.error(f"--scale-backends takes lite and/or server, not {args.scale_backends!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = Results(args.out / "results.json")
     if args.report_only:

@@ -19,22 +19,37 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
 
 
-def cpu_seconds(pid: int, descendants: bool = True) -> float:
-    """CPU seconds of ``pid`` (every thread) and, unless told not to, its live descendants."""
-    if not descendants:
-        own = _stat(pid)
-        return own[1] if own else 0.0
+def _processes() -> tuple[dict[int, int], dict[int, float]]:
+    """Every process's parent and CPU seconds."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (s := _stat(int(entry.name))) is not None:
             parents[int(entry.name)], times[int(entry.name)] = s
-    total, todo = 0.0, [pid]
+    return parents, times
+
+
+def _tree(pid: int, parents: dict[int, int]) -> list[int]:
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        total += times.get(p, 0.0)
+        out.append(p)
         todo += [c for c, parent in parents.items() if parent == p]
-    return total
+    return out
+
+
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """CPU seconds of ``pid`` (every thread) and, unless told not to, its live descendants."""
+    if not descendants:
+        own = _stat(pid)
+        return own[1] if own else 0.0
+    parents, times = _processes()
+    return sum(times.get(p, 0.0) for p in _tree(pid, parents))
+
+
+def process_tree(pid: int) -> frozenset[int]:
+    """``pid`` and its live descendants (a restarted child shows as a new pid)."""
+    return frozenset(_tree(pid, _processes()[0]))
 
 
 def snapshot(pids: dict[str, int], alone: frozenset[str] = frozenset()) -> dict[str, float]:

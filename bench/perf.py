@@ -67,7 +67,7 @@ def run(model: str, url: str, out_csv: Path, *, concurrency: list[int], batch: i
         # A model reloaded meanwhile restarts its stub processes, whose CPU then leaves the
         # count (seen: -144 ms per image): no figure rather than a wrong one.
         if (before and after and after["images"] > before["images"]
-                and all(after[k] >= before[k] for k in ("triton", "perf_analyzer"))):
+                and after["processes"] == before["processes"]):
             images = after["images"] - before["images"]
             for r in rows[n:]:
                 r["cpu_ms_per_image"] = {k: 1000 * (after[k] - before[k]) / images
@@ -77,16 +77,16 @@ def run(model: str, url: str, out_csv: Path, *, concurrency: list[int], batch: i
     return rows
 
 
-def _cpu(url: str, model: str, server_pid: int | None) -> dict[str, float] | None:
+def _cpu(url: str, model: str, server_pid: int | None) -> dict[str, Any] | None:
     """CPU seconds of Triton (with its python-backend stubs) and of finished children (the
-    perf_analyzer runs), and the images ``model`` has inferred so far."""
+    perf_analyzer runs), the images ``model`` has inferred so far, and Triton's processes."""
     if server_pid is None:
         return None
     import resource
 
     import tritonclient.grpc as g
 
-    from bench.cpu import cpu_seconds
+    from bench.cpu import cpu_seconds, process_tree
 
     client = g.InferenceServerClient(url)
     try:
@@ -96,7 +96,8 @@ def _cpu(url: str, model: str, server_pid: int | None) -> dict[str, float] | Non
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"triton": cpu_seconds(server_pid),
             "perf_analyzer": children.ru_utime + children.ru_stime,
-            "images": float(sum(int(s.get("inference_count", 0)) for s in stats))}
+            "images": float(sum(int(s.get("inference_count", 0)) for s in stats)),
+            "processes": process_tree(server_pid)}
 
 
 class UnstableError(RuntimeError):

@@ -42,6 +42,9 @@ async def test_direct_baselines_find_what_the_gateway_finds(stub, controls, trit
     both = await asyncio.to_thread(direct.search_by_image_direct, triton.grpc_url,
                                    milvus_lite_uri, index.collection, photos, 10, 0.3,
                                    index.model_version)
+    idle = await asyncio.to_thread(direct.search_after_idle, milvus_lite_uri, index.collection,
+                                   [[1.0] * index.dim], 10, (0, 2), 3)
+    assert [r["gap_ms"] for r in idle] == [0.0, 2.0] and all(r["p50_ms"] > 0 for r in idle)
     for r in (similar, embed, both):
         assert r["requests"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
     assert 0 < both["embed_p50_ms"] < both["p50_ms"] and 0 < both["search_p50_ms"] < both["p50_ms"]

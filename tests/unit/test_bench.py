@@ -121,9 +121,13 @@ def test_paired_rounds_interleave_the_measures_and_take_each_ones_median():
 
     r = paired.rounds({"gateway": measure("gateway", [9.0, 5.0, 6.0]),
                        "direct": measure("direct", [4.0, 3.0, 100.0])}, n=3)
-    assert calls == ["gateway", "direct"] * 3  # side by side, round after round
+    # side by side, round after round; each round starts with the next measure
+    assert calls == ["gateway", "direct", "direct", "gateway", "gateway", "direct"]
     assert r["p50_ms"] == {"gateway": 6.0, "direct": 4.0} and r["rounds"] == 3
     assert r["per_round_ms"]["direct"] == [4.0, 3.0, 100.0]
+    # the paired ratio: median of each round's own ratio (9/4, 5/3, 6/100)
+    assert paired.ratio(r, "gateway", "direct") == 5.0 / 3.0
+    assert paired.ratio(r, "gateway", "direct", "gateway") == 5.0 / 8.0
     with pytest.raises(ValueError):
         paired.rounds({"x": lambda: 1.0}, n=0)
 
@@ -192,8 +196,11 @@ def test_cpu_seconds_count_a_busy_child_only_with_its_parent_when_asked():
         while cpu.cpu_seconds(child.pid) < 0.5 and time.monotonic() < deadline:
             time.sleep(0.05)
         after = cpu.snapshot({"tree": os.getpid(), "alone": os.getpid()}, frozenset({"alone"}))
+        # a restarted child is a new pid: how the Triton CPU figure notices a model reload
+        assert {os.getpid(), child.pid} <= cpu.process_tree(os.getpid())
     finally:
         child.communicate(b"\n", timeout=10)
+    assert child.pid not in cpu.process_tree(os.getpid())
     spent = cpu.per_request_ms(before, after, requests=1)
     assert spent["tree"] - spent["alone"] >= 450  # the child's 0.5 s, in ms
     assert spent["alone"] < spent["tree"]
