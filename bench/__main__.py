@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="rebuild the report from <out>/results.json")
     args = p.parse_args(argv)
-    if not set(filter(None, args.scale_backends.split(","))) <= {"lite", "server"}:
+    backends = set(filter(None, args.scale_backends.split(",")))
+    if not backends <= {"lite", "server"}:
         p.error(f"--scale-backends takes lite and/or server, not {args.scale_backends!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     results = Results(args.out / "results.json")
@@ -390,7 +391,6 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" in only:
             base = _catalog_vectors(triton_url, catalog, args.out)
             sizes = [int(s) for s in args.scale.split(",") if s]
-            backends = set(filter(None, args.scale_backends.split(",")))
             rows = []
             if "lite" in backends:
                 rows += scale.run(str(args.out / "scale-lite.db"), "lite", base, sizes,
