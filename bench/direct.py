@@ -154,9 +154,16 @@ def search_by_image_direct(triton_url: str, uri: str, collection: str, images: S
 
     client = MilvusClient(uri=uri)
     _, search = _gateway_calls(client, collection, k)
+    hits: list[int] = []
+
+    def search_counted(vector: list[float]) -> None:
+        hits.append(len(search(vector)[0]))
+
     try:
-        total, embed, ann = _embed_then(triton_url, images, seconds, model_version, search)
+        total, embed, ann = _embed_then(triton_url, images, seconds, model_version,
+                                        search_counted)
     finally:
         client.close()
     return {"requests": len(total), **percentiles(total),
-            "embed_p50_ms": median(embed) * 1000, "search_p50_ms": median(ann) * 1000}
+            "embed_p50_ms": median(embed) * 1000, "search_p50_ms": median(ann) * 1000,
+            "hits_per_search": median(hits)}

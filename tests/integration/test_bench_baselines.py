@@ -48,3 +48,4 @@ async def test_direct_baselines_find_what_the_gateway_finds(stub, controls, trit
     for r in (similar, embed, both):
         assert r["requests"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
     assert 0 < both["embed_p50_ms"] < both["p50_ms"] and 0 < both["search_p50_ms"] < both["p50_ms"]
+    assert both["hits_per_search"] == 10  # each embedding really was searched, with k
