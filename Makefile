@@ -36,5 +36,5 @@ images-full: setup  ## the same, with the export image's torch (~5 GB)
 stack: images     ## the production compose stack on CPU, with podman and local stand-ins
 	.venv/bin/visrec-stack up
 clean:            ## remove generated files (keeps .venv and the npm cache)
-	rm -rf build gateway/_pb data/catalog data/milvus.db data/triton \
+	rm -rf build visrec/platform/_pb data/catalog data/milvus.db data/triton \
 	  model_repository/image_encoder/[0-9]* model_repository/*/config.pbtxt

@@ -25,11 +25,11 @@ import numpy as np
 
 from bench import ceiling, cpu, direct, load, paired, perf, report, scale, stages
 from visrec.export.indexing.ingest import ingest
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.export.milvus import MilvusDatabase
 from visrec.local.demo_catalog import build_catalog
 from visrec.local.milvus_server import MilvusServer, free_port
 from visrec.local.triton_server import DEFAULT_REPOSITORY, TritonServer
+from visrec.platform.triton_embedder import TritonEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 ALONE = frozenset({"load generator"})  # this process: Triton, Milvus, gateway are its children
@@ -134,8 +134,8 @@ def tune(url: str, out: Path, seconds_ms: int, images: Path) -> dict[str, Any]:
 async def seed_users(address: str, item_ids: list[str], users: int = 60) -> list[str]:
     import grpc
 
-    from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-    from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+    from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+    from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
     ids = [f"bench-{i}" for i in range(users)]
     async with grpc.aio.insecure_channel(address) as channel:
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def pb_item(item_id: str, row: dict[str, Any]) -> Any:
-    from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+    from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
 
     item = pb.Item(id=item_id, name=row["name"], category=row["category"],
                    subcategory=row["subcategory"])

@@ -18,9 +18,9 @@ from bench.stats import median, percentiles
 
 def _gateway_calls(client: Any, collection: str, k: int) -> tuple[Any, Any]:
     """The lookup and the search exactly as the gateway's Milvus adapter makes them."""
-    from visrec.gateway.adapters.milvus import schema
-    from visrec.gateway.adapters.milvus.expr import compile_filter
-    from visrec.gateway.adapters.milvus.serving import READS, in_ids
+    from visrec.platform.milvus import schema
+    from visrec.platform.milvus.expr import compile_filter
+    from visrec.platform.milvus.serving import READS, in_ids
 
     def lookup(item_id: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = client.query(
@@ -109,7 +109,7 @@ def _embed_then(triton_url: str, images: Sequence[bytes], seconds: float, model_
                 ) -> tuple[list[float], list[float], list[float]]:
     """Embed one image after another with the gateway's own Triton client, each followed by
     ``after(vector)`` when given; seconds per request in total, for the embedding, for after."""
-    from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+    from visrec.platform.triton_embedder import TritonEmbedder
 
     async def run() -> tuple[list[float], list[float], list[float]]:
         embedder = TritonEmbedder(triton_url)

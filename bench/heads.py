@@ -35,20 +35,20 @@ from visrec.export.cli import run as run_export
 from visrec.export.indexing.ingest import ingest
 from visrec.export.indexing.rollout import rollout
 from visrec.export.indexing.triton_fleet import TritonFleet
+from visrec.export.milvus import MilvusDatabase
 from visrec.export.training.evaluate import evaluate, evaluate_groups
 from visrec.export.training.holdout import CatalogGroups, catalog_groups
 from visrec.export.training.train import build_parser as train_parser
 from visrec.export.training.train import run as run_train
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
 from visrec.gateway.api.server import build_gateway
 from visrec.gateway.config import GatewayConfig
-from visrec.gateway.core.domain import Equals
 from visrec.local.demo import wait_serving
 from visrec.local.demo_catalog import build_catalog
 from visrec.local.milvus_server import free_port
 from visrec.local.simulate import load_catalog, simulate
 from visrec.local.triton_server import TritonServer
+from visrec.platform.domain import Equals
+from visrec.platform.triton_embedder import TritonEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 7
@@ -74,7 +74,7 @@ async def unseen_source(embedder: TritonEmbedder, db: MilvusDatabase, version: s
                         k: int = 10) -> dict[str, float]:
     """Pictures from a source that is in no index (keyed by group) query ``target``'s pictures
     of ``items_v<version>``; a hit is the target's picture of the same group."""
-    from visrec.gateway.adapters.milvus.schema import items_collection
+    from visrec.platform.milvus.schema import items_collection
 
     index = await asyncio.to_thread(db.admin.index_info, items_collection(version))
     assert index is not None

@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 
 from bench.stats import percentiles
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 Call = Callable[[pb_grpc.RecommenderStub, int], Any]
 

@@ -25,11 +25,11 @@ import numpy as np
 from bench import perf
 from bench.__main__ import ROOT, _wait_healthy
 from bench.stats import percentiles
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.local.demo_catalog import build_catalog
 from visrec.local.milvus_server import free_port
 from visrec.local.triton_server import DEFAULT_REPOSITORY, TritonServer
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 
 def rss_mib(pid: int, with_children: bool = False) -> float:

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# The gateway image: the recommendation service (gateway/ = visrec.gateway) and exactly its
-# runtime dependencies (pyproject.toml's [project] dependencies, pinned by
+# The gateway image: the recommendation service (gateway/ = visrec.gateway), the package both
+# services share (visrec/platform = visrec.platform) and exactly their runtime dependencies (pyproject.toml's [project] dependencies, pinned by
 # requirements/constraints.txt). No ML service, no local tooling, no torch. The builder stage
 # generates the gRPC stubs and builds the dependency wheels; the runtime stage installs them into
 # a slim Python, carries no compiler or build tool, and runs as a non-root user on a read-only
@@ -18,7 +18,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && sha256sum /wheels/*.whl > /wheels.sha256
 COPY proto proto
 COPY scripts/gen_protos.py scripts/gen_protos.py
-RUN mkdir -p visrec/gateway && python scripts/gen_protos.py
+RUN mkdir -p visrec/platform && python scripts/gen_protos.py
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -35,8 +35,9 @@ COPY --from=builder /wheels.sha256 /tmp/wheels.sha256
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index /wheels/*.whl
 COPY visrec/__init__.py /app/visrec/__init__.py
+COPY visrec/platform /app/visrec/platform
 COPY gateway /app/visrec/gateway
-COPY --from=builder /src/visrec/gateway/_pb /app/visrec/gateway/_pb
+COPY --from=builder /src/visrec/platform/_pb /app/visrec/platform/_pb
 # Compiled once here: the root filesystem is read-only at run time.
 RUN python -m compileall -q /app/visrec && chmod -R a+rX /app
 WORKDIR /app

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visrec.export.errors import ExportError
+from visrec.export.errors import ExportError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +63,8 @@ def resolve_weights(spec: str) -> Path:
             ) from e
         return Path(getattr(module, attr).get_model_file_path())
     path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ExportError(
+    if not path.is_file():  # a flag naming a missing input file: bad usage
+        raise UsageError(
             f"weights {spec!r}: no such file (give a checkpoint path or one of "
             f"{sorted(PACKAGED_WEIGHTS)})"
         )

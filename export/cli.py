@@ -15,25 +15,23 @@ from typing import Any
 from visrec.export import repository as repo
 from visrec.export.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, PACKAGED_WEIGHTS
 from visrec.export.config import JobsConfig
-from visrec.export.errors import ExportError
-from visrec.gateway.config import ConfigError
+from visrec.export.errors import ExportError, UsageError
+from visrec.export.job import Job
 
 log = logging.getLogger("visrec.export")
 
 
-def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
-    config = config or JobsConfig()
-    p = argparse.ArgumentParser(
-        prog="visrec-export",
-        description=(
-            "Export a vision backbone as an L2-normalised image embedder into a Triton model "
-            "repository: ONNX with a dynamic batch axis, checked against torch on real photos, "
-            "written as image_encoder/<version> atomically (staged, then renamed), together with "
-            "the config.pbtxt of preprocess, image_encoder and the image_embedding ensemble. "
-            "Running it again with the same backbone, weights and target does nothing."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+DESCRIPTION = (
+    "Export a vision backbone as an L2-normalised image embedder into a Triton model "
+    "repository: ONNX with a dynamic batch axis, checked against torch on real photos, "
+    "written as image_encoder/<version> atomically (staged, then renamed), together with "
+    "the config.pbtxt of preprocess, image_encoder and the image_embedding pipeline. "
+    "Running it again with the same backbone, weights and target does nothing. Prints the "
+    "version that holds the export."
+)
+
+
+def _arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="'timm:<arch>' or 'torchvision:<arch>' (e.g. torchvision:resnet18)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
@@ -89,8 +87,6 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
                         "(train.json beside it): a head must see the inputs it learnt on")
     p.add_argument("--no-fp16", dest="fp16", action="store_false",
                    help="gpu-tensorrt: build the plan in FP32")
-    p.add_argument("-q", "--quiet", action="store_true", help="only print errors")
-    return p
 
 
 def _fingerprint(backbone: str, weights_sha256: str, target: str, opset: int,
@@ -143,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
         max_aspect_ratio=args.max_aspect_ratio, min_side=args.min_side,
     )
     if args.version is not None and args.version < 1:
-        raise ExportError("--version must be >= 1")
+        raise UsageError("--version must be >= 1")
     if args.opset < 17:
-        raise ExportError("--opset must be >= 17")
+        raise UsageError("--opset must be >= 17")
     if args.crop_pct is not None and not 0.1 <= args.crop_pct <= 1.0:
-        raise ExportError("--crop-pct must be within [0.1, 1.0]")
+        raise UsageError("--crop-pct must be within [0.1, 1.0]")
     crop_pct = args.crop_pct if args.crop_pct is not None else _default_crop(args)
     if args.target == "gpu-tensorrt":
         from visrec.export.tensorrt_engine import tensorrt_available
@@ -159,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                 "Run it on a GPU node, or use --target gpu-onnx."
             )
     if args.head is not None and not args.head.is_file():
-        raise ExportError(f"--head {args.head}: no such file")
+        raise UsageError(f"--head {args.head}: no such file")
     repository: Path = args.repository.resolve()
     repository.mkdir(parents=True, exist_ok=True)
     # One config.pbtxt serves every version of image_encoder: one target per repository.
@@ -272,23 +268,14 @@ def load_head(path: Path, in_features: int) -> Any:
     return head.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        config = JobsConfig.from_env()
-    except ConfigError as e:
-        print(f"visrec-export: configuration error: {e}", file=sys.stderr)
-        return 2
-    args = build_parser(config).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S")
-    log.setLevel(logging.ERROR if args.quiet else logging.INFO)
-    try:
-        version = run(args)
-    except ExportError as e:
-        print(f"visrec-export: error: {e}", file=sys.stderr)
-        return 2
-    print(version)
-    return 0
+def _run(args: argparse.Namespace, config: JobsConfig) -> None:
+    print(run(args))
+
+
+JOB = Job(prog="visrec-export", description=DESCRIPTION, add_arguments=_arguments, run=_run,
+          next_steps="Then: visrec-rollout --to <version> --catalog ... serves it.")
+build_parser = JOB.parser
+main = JOB.main
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.local.demo_catalog import DEFAULT_OUT, CatalogError, build_catalog
 from visrec.local.prometheus_server import PrometheusServer
 from visrec.local.triton_server import DEFAULT_REPOSITORY, TritonLaunchError, TritonServer
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -1,8 +1,8 @@
-"""Generate the Python gRPC stubs for proto/ into gateway/_pb (git-ignored).
+"""Generate the Python gRPC stubs for proto/ into visrec/platform/_pb (git-ignored).
 
-They are written through visrec/gateway (the import path of gateway/): protoc's virtual-path
-mapping (-Ivisrec/gateway/_pb=proto) makes the generated modules import each other as
-``visrec.gateway._pb.visrec.v1...``, so no import rewriting is needed. Skips the work when the
+Both services and the local tooling import them from the shared package: protoc's virtual-path
+mapping (-Ivisrec/platform/_pb=proto) makes the generated modules import each other as
+``visrec.platform._pb.visrec.v1...``, so no import rewriting is needed. Skips the work when the
 stubs are newer than every .proto file.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-OUT_PKG = "visrec/gateway/_pb"
+OUT_PKG = "visrec/platform/_pb"
 
 
 def main() -> int:
@@ -50,7 +50,7 @@ def main() -> int:
     # Regular packages (not namespace packages) so setuptools and mypy find them.
     for d in {o.parent for o in outputs} | {ROOT / OUT_PKG}:
         cur = d
-        while cur != ROOT / "visrec" / "gateway":
+        while cur != ROOT / "visrec" / "platform":
             (cur / "__init__.py").touch()
             cur = cur.parent
     print(f"gen_protos: wrote stubs for {len(protos)} proto file(s) into {OUT_PKG}/",

@@ -1,6 +1,6 @@
 """The catalog file: JSONL, one item per line (id, image path relative to the file, name,
 category, subcategory; every other key a filterable attribute). Checked with the same rules as
-the gateway's online catalog changes (``visrec.gateway.core.catalog``)."""
+the gateway's online catalog changes (``visrec.platform.catalog``)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visrec.gateway.core.catalog import (
+from visrec.platform.catalog import (
     MAX_ID_LENGTH,
     RESERVED,
     attribute_problem,
     coerce,
     infer_facets,
 )
-from visrec.gateway.core.domain import FacetType, Item
+from visrec.platform.domain import FacetType, Item
 
 
 class CatalogFormatError(ValueError):

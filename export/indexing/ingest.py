@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.errors import UsageError
 from visrec.export.indexing.catalog_file import CatalogFormatError, CatalogRow, read_catalog
 from visrec.export.indexing.online_changes import ChangesReport, catch_up
-from visrec.gateway.adapters.milvus import schema
-from visrec.gateway.config import ConfigError
-from visrec.gateway.core.domain import IndexInfo
-from visrec.gateway.core.errors import InvalidArgument, VisrecError
-from visrec.gateway.core.ports import ChangeLog, Embedder, IndexAdmin, ItemWriter
+from visrec.export.job import Job, progress_bar
+from visrec.export.ports import IndexAdmin, ItemWriter
+from visrec.platform.domain import IndexInfo
+from visrec.platform.errors import InvalidArgument, VisrecError
+from visrec.platform.milvus import schema
+from visrec.platform.ports import ChangeLog, Embedder
 
 __all__ = ["CatalogFormatError", "IngestReport", "ingest", "main"]
 
@@ -135,8 +136,8 @@ async def ingest(
         todo = [r for r in rows if existing.get(r.id, "") != r.fingerprint()]
         report.reused = len(rows) - len(todo)
         dim: int | None = None
-        bar = tqdm(total=len(rows), initial=report.reused, unit="img", disable=not progress,
-                   desc=f"ingest -> {collection}", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total=len(rows), initial=report.reused, unit="img",
+                           enabled=progress, desc=f"ingest -> {collection}")
         pending: set[asyncio.Task[list[tuple[CatalogRow, np.ndarray]]]] = set()
         writes: list[asyncio.Task[None]] = []
         batches = _batches(todo, batch_size)
@@ -210,24 +211,11 @@ async def wait_for_version(embedder: Embedder, seconds: float, poll_s: float = 5
         await asyncio.sleep(poll_s)
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        config = JobsConfig.from_env()
-    except ConfigError as e:
-        print(f"visrec-ingest: configuration error: {e}", file=sys.stderr)
-        return 2
-    p = argparse.ArgumentParser(
-        prog="visrec-ingest",
-        description="Embed a catalog's images through Triton's image_embedding model and "
-                    "write them, with their fields, into the Milvus collection items_v<N> of the "
-                    "served model version N; then make it the active index. Resumable and "
-                    "idempotent: items already in the collection are not embedded again.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
     p.add_argument("--catalog", type=Path, default=config.catalog_path,
                    help="JSONL: one object per item with id, image (path relative to the file), "
                         "name, category, subcategory; other keys become filterable attributes "
-                        "(VISREC_CATALOG)")
+                        "(VISREC_CATALOG; build the demo one with visrec-catalog)")
     add_service_arguments(p, config)
     p.add_argument("--model-version", default=None,
                    help="image_encoder version to embed with (default: the one Triton serves)")
@@ -237,15 +225,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="fill the collection but leave the active pointer where it is")
     p.add_argument("--wait-s", type=float, default=0.0,
                    help="wait up to this long for Triton to serve a version before starting")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+
+
+def _check(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.concurrency < 1 or args.wait_s < 0:
-        p.error("--batch-size and --concurrency must be >= 1, --wait-s >= 0")
-    if not args.catalog.is_file():
-        p.error(f"catalog {args.catalog} not found (build the demo one with visrec-catalog)")
+        raise UsageError("--batch-size and --concurrency must be >= 1, --wait-s >= 0")
+
+
+def _run(args: argparse.Namespace, config: JobsConfig) -> int:
     config = with_arguments(config, args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    log.setLevel(logging.INFO)
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
     async def run() -> IngestReport:
@@ -264,13 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             await embedder.close()
             await db.close()
 
-    try:
-        report = asyncio.run(run())
-    except (CatalogFormatError, VisrecError) as e:
-        print(f"visrec-ingest: error: {e}", file=sys.stderr)
-        return 1
+    report = asyncio.run(run())
     for item_id, reason in report.skipped[:20]:
-        print(f"skipped {item_id}: {reason}", file=sys.stderr)
+        log.warning("skipped %s: %s", item_id, reason)
     print(
         f"{report.collection} (model version {report.model_version}): {report.total} items, "
         f"{report.embedded} embedded ({report.images_per_s:.0f} img/s), {report.reused} already "
@@ -280,6 +264,17 @@ def main(argv: list[str] | None = None) -> int:
         + ("; now the active index" if report.activated else "")
     )
     return 0
+
+
+JOB = Job(
+    prog="visrec-ingest",
+    description="Embed a catalog's images through Triton's image_embedding model and write "
+                "them, with their fields, into the Milvus collection items_v<N> of the served "
+                "model version N; then make it the active index. Resumable and idempotent: "
+                "items already in the collection are not embedded again.",
+    add_arguments=_arguments, run=_run, input_files=("catalog",), check=_check,
+    quiet_help="no progress bar: warnings and errors only")
+main = JOB.main
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from visrec.gateway.core.catalog import online_fingerprint
-from visrec.gateway.core.domain import CatalogChange
-from visrec.gateway.core.errors import InvalidArgument, VisrecError
-from visrec.gateway.core.ports import ChangeLog, Embedder, ItemWriter
+from visrec.export.ports import ItemWriter
+from visrec.platform.catalog import online_fingerprint
+from visrec.platform.domain import CatalogChange
+from visrec.platform.errors import InvalidArgument, VisrecError
+from visrec.platform.ports import ChangeLog, Embedder
 
 log = logging.getLogger("visrec.changes")
 BATCH = 32

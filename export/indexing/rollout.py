@@ -35,15 +35,17 @@ from visrec.export.config import (
     add_service_arguments,
     with_arguments,
 )
-from visrec.export.indexing.ingest import CatalogFormatError, IngestReport, ingest
+from visrec.export.errors import UsageError
+from visrec.export.indexing.ingest import IngestReport, ingest
 from visrec.export.indexing.online_changes import catch_up
 from visrec.export.indexing.triton_fleet import RolloutError, TritonFleet
-from visrec.gateway.adapters.milvus.schema import items_collection
-from visrec.gateway.config import ConfigError
-from visrec.gateway.core.catalog import ONLINE
-from visrec.gateway.core.domain import IndexInfo
-from visrec.gateway.core.errors import VisrecError
-from visrec.gateway.core.ports import Database, Embedder, IndexAdmin, JobStore
+from visrec.export.job import Job
+from visrec.export.ports import Database, IndexAdmin, JobStore
+from visrec.platform.catalog import ONLINE
+from visrec.platform.domain import IndexInfo
+from visrec.platform.errors import VisrecError
+from visrec.platform.milvus.schema import items_collection
+from visrec.platform.ports import Embedder
 
 log = logging.getLogger("visrec.rollout")
 ALIAS = "visrec_items"
@@ -287,18 +289,8 @@ async def _finish(db: Database, triton: TritonFleet, embedder: Embedder, timelin
     return timeline
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        config = JobsConfig.from_env()
-    except ConfigError as e:
-        print(f"visrec-rollout: configuration error: {e}", file=sys.stderr)
-        return 2
-    p = argparse.ArgumentParser(
-        prog="visrec-rollout",
-        description=(__doc__ or "").split("\n\n")[0].rstrip(".")
-        + ". Rolling back is --to <old version>.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
+    """The rollout's flags (also what scripts/rollout_job.py validates its pass-through by)."""
     p.add_argument("--to", dest="to_version", required=False,
                    help="model version to serve (exported with visrec-export)")
     p.add_argument("--catalog", type=Path, default=None,
@@ -316,16 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status", action="store_true",
                    help="print the active index and the versions every Triton replica serves, "
                         "then exit")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+
+
+def _check(args: argparse.Namespace) -> None:
     if not args.status and not args.to_version:
-        p.error("--to VERSION is required (or --status)")
+        raise UsageError("--to VERSION is required (or --status)")
     if args.to_version is not None and not args.to_version.isdigit():
-        p.error("--to takes a version number")
-    if args.catalog is not None and not args.catalog.is_file():
-        p.error(f"catalog {args.catalog} not found")
+        raise UsageError("--to takes a version number")
+    if args.grace_s < 0 or args.verify_sample < 0:
+        raise UsageError("--grace-s and --verify-sample must be >= 0")
+
+
+def _run(args: argparse.Namespace, config: JobsConfig) -> int:
     config = with_arguments(config, args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
     async def run() -> int:
@@ -353,11 +348,16 @@ def main(argv: list[str] | None = None) -> int:
             await triton.close()
             await db.close()
 
-    try:
-        return asyncio.run(run())
-    except (RolloutError, CatalogFormatError, VisrecError, ConfigError) as e:
-        print(f"visrec-rollout: error: {e}", file=sys.stderr)
-        return 1
+    return asyncio.run(run())
+
+
+JOB = Job(
+    prog="visrec-rollout",
+    description=(__doc__ or "").split("\n\n")[0].rstrip(".")
+    + ". Rolling back is --to <old version>.",
+    add_arguments=add_arguments, run=_run, input_files=("catalog",), check=_check,
+    quiet_help="no progress bar: warnings and errors only")
+main = JOB.main
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 
 from visrec.export import repository as repo
 from visrec.export.errors import ExportError
-from visrec.gateway.core.errors import VisrecError
+from visrec.platform.errors import VisrecError
 
 log = logging.getLogger("visrec.rollout")
 MODELS = repo.MODELS  # load order

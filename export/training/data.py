@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from visrec.export.errors import ExportError
+from visrec.export.ports import Database
 from visrec.export.training.holdout import CatalogGroups, held_out, items_by_user
-from visrec.gateway.adapters.milvus.schema import items_collection
-from visrec.gateway.core.ports import Database
+from visrec.platform.milvus.schema import items_collection
 
 
 def positive_pairs(baskets: Iterable[Sequence[int]], max_items: int) -> np.ndarray:

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.errors import UsageError
+from visrec.export.job import Job, progress_bar
+from visrec.export.ports import Database
 from visrec.export.training.holdout import (
     DEFAULT_SALT,
     Case,
@@ -37,12 +38,11 @@ from visrec.export.training.holdout import (
     cases,
     catalog_groups,
 )
-from visrec.gateway.adapters.milvus.schema import items_collection
-from visrec.gateway.config import ConfigError
-from visrec.gateway.core.domain import Equals, IndexInfo
-from visrec.gateway.core.errors import VisrecError
-from visrec.gateway.core.ports import CatalogReads, Database
-from visrec.gateway.core.retrieval import multi_interest
+from visrec.platform.domain import Equals, IndexInfo
+from visrec.platform.errors import VisrecError
+from visrec.platform.milvus.schema import items_collection
+from visrec.platform.ports import CatalogReads
+from visrec.platform.retrieval import multi_interest
 
 
 class NoHeldOutUsers(VisrecError):
@@ -72,8 +72,8 @@ async def evaluate_version(store: CatalogReads, index: IndexInfo, held: Sequence
                            *, k: int = 10, recent: int = 10, progress: bool = True) -> Score:
     """recall@k and NDCG@k of one version's index over the held-out cases."""
     recalls, ndcgs = [], []
-    for case in tqdm(held, desc=f"items_v{index.model_version}", unit="user",
-                     disable=not progress):
+    for case in progress_bar(held, desc=f"items_v{index.model_version}", unit="user",
+                             enabled=progress):
         hits = await multi_interest(store, index, case.history[-recent:], k + len(case.history))
         hits.sort(key=lambda h: -h.score)
         ranked = [h.item.id for h in hits if h.item.id not in case.history][:k]
@@ -146,8 +146,8 @@ async def cross_source(store: CatalogReads, index: IndexInfo, groups: CatalogGro
             queries = sorted(i for i in present if groups.source_of.get(i) == source and any(
                 groups.source_of.get(m) == target for m in members[groups.group_of[i]]))
             ranks: list[int | None] = []
-            for b in tqdm(range(0, len(queries), batch), unit="batch", disable=not progress,
-                          desc=f"items_v{index.model_version} {source}->{target}"):
+            for b in progress_bar(range(0, len(queries), batch), unit="batch", enabled=progress,
+                                  desc=f"items_v{index.model_version} {source}->{target}"):
                 chunk = queries[b:b + batch]
                 found = await store.search_many(index, [vectors[q] for q in chunk], k,
                                                 [Equals(source_field, target)])
@@ -202,15 +202,7 @@ def render(scores: Sequence[Score]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        config = JobsConfig.from_env()
-    except ConfigError as e:
-        print(f"visrec-evaluate: configuration error: {e}", file=sys.stderr)
-        return 2
-    p = argparse.ArgumentParser(
-        prog="visrec-evaluate", description=__doc__.split("\n\n")[1] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
     p.add_argument("versions", nargs="+", help="model versions to compare (items_v<N> must exist)")
     add_service_arguments(p, config, triton=False)
     p.add_argument("--holdout-percent", type=float, default=20.0,
@@ -227,12 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--catalog", type=Path, default=config.catalog_path,
                    help="the catalog (VISREC_CATALOG), read for --group-by")
     p.add_argument("--json", type=Path, default=None, help="also write the scores here")
-    args = p.parse_args(argv)
-    if not 0 < args.holdout_percent < 100 or args.k < 1:
-        p.error("--holdout-percent must be within (0, 100) and --k >= 1")
-    config = with_arguments(config, args)
 
-    progress = sys.stderr.isatty()
+
+def _check(args: argparse.Namespace) -> None:
+    if not 0 < args.holdout_percent < 100 or args.k < 1:
+        raise UsageError("--holdout-percent must be within (0, 100) and --k >= 1")
+    if args.group_by and not args.catalog.is_file():
+        raise UsageError(f"--catalog {args.catalog}: no such file (read for --group-by)")
+
+
+def _run(args: argparse.Namespace, config: JobsConfig) -> int:
+    config = with_arguments(config, args)
+    progress = not args.quiet
 
     async def run() -> tuple[list[Score], list[CrossSourceScore], str | None]:
         db = config.milvus()
@@ -252,11 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await db.close()
 
-    try:
-        scores, grouped, missing = asyncio.run(run())
-    except VisrecError as e:
-        print(f"visrec-evaluate: error: {e}", file=sys.stderr)
-        return 2
+    scores, grouped, missing = asyncio.run(run())
     print(render(scores) if scores else f"held-out users: {missing}")
     if grouped:
         print(f"\nheld-out groups of {args.group_by!r}, by {args.source_field}:")
@@ -265,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"users": [asdict(s) for s in scores],
                                          "groups": [asdict(s) for s in grouped]}, indent=2))
     return 0
+
+
+JOB = Job(prog="visrec-evaluate", description=__doc__.split("\n\n")[1] if __doc__ else "",
+          add_arguments=_arguments, run=_run, check=_check,
+          quiet_help="no progress bars: warnings and errors only")
+main = JOB.main
 
 
 if __name__ == "__main__":

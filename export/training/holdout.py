@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from visrec.gateway.core.domain import Interaction
-from visrec.gateway.core.errors import VisrecError
+from visrec.platform.domain import Interaction
+from visrec.platform.errors import VisrecError
 
 DEFAULT_SALT = "visrec-holdout"
 

@@ -34,11 +34,10 @@ from typing import Any
 import numpy as np
 
 from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
-from visrec.export.errors import ExportError
+from visrec.export.errors import ExportError, UsageError
+from visrec.export.job import Job, progress_bar
 from visrec.export.training.data import load_training_data, with_groups
 from visrec.export.training.holdout import catalog_groups
-from visrec.gateway.config import ConfigError
-from visrec.gateway.core.errors import VisrecError
 
 log = logging.getLogger("visrec.train")
 
@@ -111,8 +110,6 @@ def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
     epoch is one pass over the larger set, the smaller one cycles. With ``checkpoint``, state is
     saved after every epoch and a run with the same inputs and config resumes from it."""
     import torch
-    from tqdm import tqdm
-
     if len(pairs) == 0:
         raise ExportError("no positive pairs: no user interacted with two or more items")
     torch.manual_seed(config.seed)
@@ -145,8 +142,8 @@ def train_head(features: np.ndarray, pairs: np.ndarray, config: TrainConfig,
             group_order = _cycled(len(group_t), n_steps * group_batch, gen)
         order = _cycled(len(pair_t), n_steps * config.batch_size, gen)
         total, batches = 0.0, 0
-        bar = tqdm(range(n_steps), unit="batch", leave=False,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        bar = progress_bar(range(n_steps), unit="batch", leave=False,
+                           desc=f"epoch {epoch + 1}/{config.epochs}", enabled=progress)
         for n in bar:
             idx = pair_t[order[n * config.batch_size:(n + 1) * config.batch_size]]
             if len(idx) < 2:
@@ -216,13 +213,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
-    config = config or JobsConfig()
-    p = argparse.ArgumentParser(
-        prog="visrec-train", description=__doc__.split("\n\n")[1] if __doc__ else None,
-        epilog="Then: visrec-export --head OUT/head.pt; visrec-rollout --to <version> --catalog "
-               "...; visrec-evaluate <old> <new>.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
     add_service_arguments(p, config, triton=False)
     p.add_argument("--from-version", default=None,
                    help="the version whose item vectors are the features (default: the one "
@@ -254,16 +245,15 @@ def build_parser(config: JobsConfig | None = None) -> argparse.ArgumentParser:
                    help="the catalog (VISREC_CATALOG), read for --group-by")
     d = TrainConfig()
     p.add_argument("--dim", type=int, default=d.dim, help="embedding size of the new version")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the pairs")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="pairs per batch (the rest of the batch are the negatives)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument("--temperature", type=float, default=d.temperature, help="InfoNCE temperature")
     p.add_argument("--max-items-per-user", type=int, default=d.max_items_per_user,
                    help="a user's most recent distinct items that form pairs")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return p
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights and "
+                   "the batches")
 
 
 def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
@@ -279,14 +269,14 @@ def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
                          group_weight=args.group_weight)
     if config.dim < 1 or config.epochs < 1 or config.batch_size < 2 or config.lr <= 0 \
             or config.temperature <= 0 or config.max_items_per_user < 2:
-        raise ExportError("--dim, --epochs >= 1, --batch-size, --max-items-per-user >= 2, "
-                          "--lr and --temperature > 0")
+        raise UsageError("--dim, --epochs >= 1, --batch-size, --max-items-per-user >= 2, "
+                         "--lr and --temperature > 0")
     if not 0 <= args.holdout_percent < 100:
-        raise ExportError("--holdout-percent must be within [0, 100)")
+        raise UsageError("--holdout-percent must be within [0, 100)")
     if not args.group_weight > 0:  # nan too
-        raise ExportError("--group-weight must be > 0")
+        raise UsageError("--group-weight must be > 0")
     if args.catalog_only and not args.group_by:
-        raise ExportError("--catalog-only needs --group-by (the field that groups pictures)")
+        raise UsageError("--catalog-only needs --group-by (the field that groups pictures)")
     salt = args.salt or DEFAULT_SALT
     t0 = time.perf_counter()
     db = with_arguments(jobs or JobsConfig.from_env(), args).milvus()
@@ -332,23 +322,17 @@ def run(args: argparse.Namespace, jobs: JobsConfig | None = None) -> Path:
     return head_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        jobs = JobsConfig.from_env()
-    except ConfigError as e:
-        print(f"visrec-train: configuration error: {e}", file=sys.stderr)
-        return 2
-    args = build_parser(jobs).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S")
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    try:
-        head = run(args, jobs)
-    except (ExportError, VisrecError) as e:
-        print(f"visrec-train: error: {e}", file=sys.stderr)
-        return 2
-    print(head)
-    return 0
+def _run(args: argparse.Namespace, config: JobsConfig) -> None:
+    print(run(args, config))
+
+
+JOB = Job(prog="visrec-train", description=__doc__.split("\n\n")[1] if __doc__ else "",
+          add_arguments=_arguments, run=_run,
+          next_steps="Then: visrec-export --head OUT/head.pt; visrec-rollout --to <version> "
+                     "--catalog ...; visrec-evaluate <old> <new>.",
+          quiet_help="no progress bars: warnings and errors only")
+build_parser = JOB.parser
+main = JOB.main
 
 
 if __name__ == "__main__":

@@ -15,16 +15,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import (
-    MilvusCatalogChanges,
-    MilvusConnection,
-    MilvusItemWriter,
-    MilvusVectorStore,
-)
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
-from visrec.gateway.api import logs
 from visrec.gateway.api.metrics import GatewayMetrics, MetricsInterceptor
 from visrec.gateway.api.security import (
     Admission,
@@ -36,10 +26,20 @@ from visrec.gateway.api.security import (
 from visrec.gateway.api.servicer import RecommenderServicer
 from visrec.gateway.config import ConfigError, GatewayConfig
 from visrec.gateway.core.active_index import ActiveIndex, stop_task
-from visrec.gateway.core.errors import VisrecError
 from visrec.gateway.core.popular import PopularItems
-from visrec.gateway.core.ports import CatalogEditor, ChangeLog, Embedder, VectorStore
-from visrec.gateway.core.recommender import Limits, Personalisation, RecommenderCore
+from visrec.gateway.core.recommender import RecommenderCore
+from visrec.platform import logs
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.errors import VisrecError
+from visrec.platform.milvus import (
+    MilvusCatalogChanges,
+    MilvusConnection,
+    MilvusItemWriter,
+    MilvusVectorStore,
+)
+from visrec.platform.ports import CatalogEditor, ChangeLog, Embedder, VectorStore
+from visrec.platform.triton_embedder import TritonEmbedder
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -81,18 +81,14 @@ class Gateway:
         self._watch = asyncio.create_task(self._watch_health(), name="health-watch")
 
     async def _watch_health(self) -> None:
-        """SERVING once the active index answers; follows it afterwards. Also probes Triton
-        for the backend gauges (Triton down only degrades SearchByImage: still SERVING)."""
+        """SERVING once the active index answers; follows it afterwards (what the index's own
+        poller last found: no Milvus call here). Also probes Triton for the backend gauges
+        (Triton down only degrades SearchByImage: still SERVING)."""
         status = None
         while not self._stopping:
-            try:
-                info = await self.index.refresh()
-                ok = info is not None
-                if info is not None:
-                    self.metrics.set_active_model(info.model_version, info.collection)
-            except VisrecError as e:
-                log.warning("health: vector store not answering: %s", e)
-                ok = False
+            ok = self.index.answering
+            if (info := self.index.known) is not None:
+                self.metrics.set_active_model(info.model_version, info.collection)
             self.metrics.backend_up.labels("milvus").set(1 if ok else 0)
             await self._probe_triton()
             new = (health_pb2.HealthCheckResponse.SERVING if ok
@@ -101,7 +97,7 @@ class Gateway:
                 status = new
                 for name in ("", SERVICE_NAME):
                     await self.health.set(name, new)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, self.index.refresh_s))
 
     async def _probe_triton(self) -> None:
         ready = await self.embedder.ready()
@@ -148,7 +144,9 @@ def build_gateway(
     0 picks a free port). Adapters may be passed in (tests); otherwise they come from the
     configuration (the store, the catalog editor and the change log over one connection)."""
     embedder = embedder or TritonEmbedder(config.triton_url, config.triton_model,
-                                          config.triton_timeout_s)
+                                          config.triton_timeout_s,
+                                          attempts=config.triton_attempts,
+                                          probe_timeout_s=config.triton_probe_timeout_s)
     if store is None:
         connection = MilvusConnection(config.milvus_uri, config.milvus_token,
                                       config.milvus_timeout_s)
@@ -161,24 +159,9 @@ def build_gateway(
                            [(a.name, a.policy.name, a.weight) for a in experiment.arms])
     index = ActiveIndex(store, config.index_refresh_s)
     popular = PopularItems(store, index, config.popular_refresh_s)
-    core = RecommenderCore(
-        embedder, store, index,
-        Limits(max_k=config.max_k, max_image_bytes=config.max_image_bytes,
-               store_budget_s=config.milvus_timeout_s,
-               max_image_pixels=config.max_image_pixels,
-               max_batch_items=config.max_batch_items,
-               max_upsert_bytes=config.max_upsert_bytes),
-        observer=metrics,
-        personalisation=Personalisation(
-            experiment=experiment, weights=config.weights(),
-            profile_rate=config.profile_rate, recent_items=config.recent_items,
-            overfetch=config.overfetch, max_candidates=config.max_candidates,
-            recent_queries=config.recent_queries,
-            allow_arm_override=config.experiment_override),
-        popular=popular,
-        editor=editor,
-        changes=changes,
-    )
+    core = RecommenderCore(embedder, store, index, config.limits(), observer=metrics,
+                           personalisation=config.personalisation(), popular=popular,
+                           editor=editor, changes=changes)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -232,7 +215,7 @@ async def serve(config: GatewayConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from visrec.gateway.config import epilog
+    from visrec.platform.settings import epilog
 
     parser = argparse.ArgumentParser(
         prog="visrec-gateway",

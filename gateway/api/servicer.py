@@ -16,12 +16,12 @@ from typing import TypeVar
 import grpc
 from google.protobuf.struct_pb2 import Struct
 
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.api.logs import request_id_var
 from visrec.gateway.api.status import status_for
 from visrec.gateway.core.checks import Limits
-from visrec.gateway.core.domain import (
+from visrec.gateway.core.recommender import RecommenderCore
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.domain import (
     AnyOf,
     AttributeValue,
     Condition,
@@ -32,8 +32,8 @@ from visrec.gateway.core.domain import (
     Recommendations,
     UpsertResult,
 )
-from visrec.gateway.core.errors import InvalidArgument, VisrecError
-from visrec.gateway.core.recommender import RecommenderCore
+from visrec.platform.errors import InvalidArgument, VisrecError
+from visrec.platform.logs import request_id_var
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
@@ -142,7 +142,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.Recommendations:
         override = _metadata(context, ARM_OVERRIDE_HEADER)
-        return await self._answer(context, lambda: self._core.recommend(
+        return await self._answer(context, lambda: self._core.personaliser.recommend(
             request.user_id, request.k, conditions_from_pb(request.filter),
             request.exclude_seen, override))
 
@@ -152,7 +152,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         override = _metadata(context, ARM_OVERRIDE_HEADER)
         return await self._call(
             context,
-            lambda: self._core.record_interaction(
+            lambda: self._core.interactions.record(
                 request.user_id, request.item_id, interaction_kind(request.type),
                 request.request_id, override),
             lambda r, rid: pb.RecordInteractionResponse(experiment=r.experiment, arm=r.arm,
@@ -161,19 +161,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def SimilarItems(
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.Recommendations:
-        return await self._answer(context, lambda: self._core.similar_items(
+        return await self._answer(context, lambda: self._core.search.similar_items(
             request.item_id, request.k, conditions_from_pb(request.filter)))
 
     async def SearchByImage(
         self, request: pb.SearchByImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.Recommendations:
-        return await self._answer(context, lambda: self._core.search_by_image(
+        return await self._answer(context, lambda: self._core.search.search_by_image(
             request.image, request.k, conditions_from_pb(request.filter)))
 
     async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
         async def call() -> UpsertResult:
-            return await self._core.upsert_items(
+            return await self._core.catalog.upsert(
                 await read_upserts(request_iterator, self._core.limits))
 
         return await self._call(context, call, lambda r, rid: pb.UpsertItemsResponse(
@@ -181,7 +181,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     async def DeleteItems(self, request: pb.DeleteItemsRequest,
                           context: grpc.aio.ServicerContext) -> pb.DeleteItemsResponse:
-        return await self._call(context, lambda: self._core.delete_items(list(request.item_ids)),
+        return await self._call(context, lambda: self._core.catalog.delete(list(request.item_ids)),
                                 lambda n, rid: pb.DeleteItemsResponse(deleted=n))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from visrec.gateway.core.errors import (
+from visrec.platform.errors import (
     BackendTimeout,
     BackendUnavailable,
     FailedPrecondition,

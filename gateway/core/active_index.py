@@ -1,4 +1,5 @@
-"""Follows the active index pointer: one cached read per refresh interval, not per request."""
+"""Follows the active index pointer: one cached read per refresh interval, not per request, by one
+poller per process (the health watch reads what it found, ``answering``, instead of polling too)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import asyncio
 import logging
 import time
 
-from visrec.gateway.core.domain import IndexInfo
-from visrec.gateway.core.errors import (
+from visrec.platform.domain import IndexInfo
+from visrec.platform.errors import (
     BackendTimeout,
     BackendUnavailable,
     FailedPrecondition,
     VisrecError,
 )
-from visrec.gateway.core.ports import CatalogReads
+from visrec.platform.ports import CatalogReads
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 class ActiveIndex:
     def __init__(self, store: CatalogReads, refresh_s: float = 1.0) -> None:
         self._store = store
-        self._refresh_s = refresh_s
+        self.refresh_s = refresh_s
         self._current: IndexInfo | None = None
         self._read_at = 0.0
         self._failed_at = -1.0
@@ -40,7 +41,7 @@ class ActiveIndex:
     async def current(self) -> IndexInfo:
         """The active index; reads the pointer when the cached value is missing or stale."""
         info = self._current
-        stale = time.monotonic() - self._read_at > self._refresh_s * 5
+        stale = time.monotonic() - self._read_at > self.refresh_s * 5
         # With a pointer in hand and the background loop running, no request waits on a read:
         # if the loop's reads fail, Milvus is away and the pointer cannot have moved without
         # it; the loop notices Milvus's return. Inline reads only without the loop (tests, a
@@ -59,6 +60,16 @@ class ActiveIndex:
             )
         return info
 
+    @property
+    def known(self) -> IndexInfo | None:
+        """The last pointer read (no call)."""
+        return self._current
+
+    @property
+    def answering(self) -> bool:
+        """The last read of the pointer succeeded and named an index."""
+        return self._current is not None and self._read_at > self._failed_at
+
     def start(self) -> None:
         """Refresh in the background so a pointer switch is followed within refresh_s."""
         if self._task is None:
@@ -66,12 +77,12 @@ class ActiveIndex:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
             except VisrecError as e:  # keep serving the last known index while Milvus is away
                 self._failed_at = time.monotonic()
                 log.warning("could not refresh the active index: %s", e)
+            await asyncio.sleep(self.refresh_s)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from visrec.gateway.core.active_index import ActiveIndex
-from visrec.gateway.core.catalog import item_problem, online_fingerprint
 from visrec.gateway.core.checks import Limits, check_id
-from visrec.gateway.core.domain import CatalogChange, IndexInfo, Item, ItemUpsert, UpsertResult
-from visrec.gateway.core.errors import FailedPrecondition, InvalidArgument
 from visrec.gateway.core.images import ImageLimits, check_image
 from visrec.gateway.core.observer import Observer, Stages
 from visrec.gateway.core.popular import PopularItems
-from visrec.gateway.core.ports import CatalogEditor, ChangeLog, Embedder, VectorStore
+from visrec.platform.catalog import item_problem, online_fingerprint
+from visrec.platform.domain import CatalogChange, IndexInfo, Item, ItemUpsert, UpsertResult
+from visrec.platform.errors import FailedPrecondition, InvalidArgument
+from visrec.platform.ports import CatalogEditor, ChangeLog, Embedder, VectorStore
 
 BATCH = 32  # images per Triton request
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-from visrec.gateway.core.errors import InvalidArgument
+from visrec.platform.errors import InvalidArgument
 
 
 @dataclass(frozen=True)

@@ -3,26 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 
 from visrec.gateway.core import filters
-from visrec.gateway.core.domain import Condition, IndexInfo, ScoredItem
-from visrec.gateway.core.errors import BackendTimeout
 from visrec.gateway.core.observer import Stages
 from visrec.gateway.core.popular import PopularItems, round_robin_by_category
-from visrec.gateway.core.ports import CatalogReads
-
-
-@asynccontextmanager
-async def store_budget(seconds: float) -> AsyncIterator[None]:
-    """BackendTimeout once the vector-store part of a call has used its budget."""
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError as e:
-        raise BackendTimeout(f"the vector store did not answer within {seconds:.1f}s") from e
+from visrec.platform.domain import Condition, IndexInfo, ScoredItem
+from visrec.platform.ports import CatalogReads
 
 
 class Fallback:

@@ -6,8 +6,8 @@ import math
 import unicodedata
 from collections.abc import Iterable
 
-from visrec.gateway.core.domain import AnyOf, Condition, Equals, IndexInfo, Range
-from visrec.gateway.core.errors import InvalidArgument
+from visrec.platform.domain import AnyOf, Condition, Equals, IndexInfo, Range
+from visrec.platform.errors import InvalidArgument
 
 MAX_CONDITIONS = 16
 MAX_VALUES = 256

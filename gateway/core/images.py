@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from visrec.gateway.core.errors import InvalidArgument
+from visrec.platform.errors import InvalidArgument
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 

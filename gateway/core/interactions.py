@@ -10,12 +10,12 @@ from contextlib import asynccontextmanager
 
 from visrec.gateway.core.active_index import ActiveIndex
 from visrec.gateway.core.checks import Limits, check_id
-from visrec.gateway.core.domain import Interaction, InteractionResult
-from visrec.gateway.core.errors import InvalidArgument, NotFound
 from visrec.gateway.core.observer import Observer, Stages
 from visrec.gateway.core.personalised import Personalisation
-from visrec.gateway.core.ports import VectorStore
 from visrec.gateway.core.profiles import apply_interaction, event_key
+from visrec.platform.domain import Interaction, InteractionResult
+from visrec.platform.errors import InvalidArgument, NotFound
+from visrec.platform.ports import VectorStore
 
 
 class KeyedLocks:

@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 from visrec.gateway.core import filters
 from visrec.gateway.core.active_index import ActiveIndex
 from visrec.gateway.core.checks import Limits, check_id
-from visrec.gateway.core.domain import Condition, IndexInfo, Recommendations, ScoredItem
-from visrec.gateway.core.errors import BackendTimeout, BackendUnavailable, InvalidArgument
 from visrec.gateway.core.experiments import Arm, Experiment, parse_experiment
-from visrec.gateway.core.fallback import Fallback, store_budget
+from visrec.gateway.core.fallback import Fallback
 from visrec.gateway.core.observer import Observer, Stages
-from visrec.gateway.core.ports import VectorStore
 from visrec.gateway.core.profiles import DEFAULT_WEIGHTS, parse_weights
 from visrec.gateway.core.ranking import Candidate, RankContext
-from visrec.gateway.core.retrieval import multi_interest
+from visrec.platform.deadlines import budget
+from visrec.platform.domain import Condition, IndexInfo, Recommendations, ScoredItem
+from visrec.platform.errors import BackendTimeout, BackendUnavailable, InvalidArgument
+from visrec.platform.ports import VectorStore
+from visrec.platform.retrieval import multi_interest
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Personaliser:
                                    policy=arm.policy.name, degraded=degraded)
 
         try:
-            async with store_budget(self._limits.store_budget_s):
+            with budget(self._limits.store_budget_s):
                 result = await self._personalised(index, user_id, k, conds, exclude_seen, arm,
                                                   answer)
         except (BackendUnavailable, BackendTimeout) as e:

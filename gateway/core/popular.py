@@ -13,9 +13,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from visrec.gateway.core.active_index import ActiveIndex, stop_task
-from visrec.gateway.core.domain import IndexInfo, Item
-from visrec.gateway.core.errors import VisrecError
-from visrec.gateway.core.ports import VectorStore
+from visrec.platform.domain import IndexInfo, Item
+from visrec.platform.errors import VisrecError
+from visrec.platform.ports import VectorStore
 
 log = logging.getLogger(__name__)
 SAMPLE = 4000  # items read to build the diverse part

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
+
+from visrec.platform.domain import UserProfile
 
 INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase")
 DEFAULT_WEIGHTS = "view=0.1,click=1,add_to_cart=2,purchase=4"
@@ -46,21 +46,6 @@ def parse_weights(text: str) -> dict[str, float]:
     if missing:
         raise WeightsError(f"no weight for {', '.join(missing)}")
     return weights
-
-
-@dataclass(frozen=True)
-class UserProfile:
-    user_id: str
-    vector: np.ndarray | None = field(default=None, compare=False)
-    recent_items: tuple[str, ...] = ()  # most recent first
-    counts: Mapping[str, int] = field(default_factory=dict)  # by interaction type
-    recent_events: tuple[str, ...] = ()  # idempotency keys, most recent first
-    interactions: int = 0
-    updated_at: float = 0.0
-
-    @property
-    def seen(self) -> frozenset[str]:
-        return frozenset(self.recent_items)
 
 
 def event_key(user_id: str, request_id: str, item_id: str, kind: str) -> str | None:

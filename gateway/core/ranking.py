@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from visrec.gateway.core.domain import Item
+from visrec.platform.domain import Item
 
 
 class PolicyError(ValueError):

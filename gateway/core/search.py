@@ -8,17 +8,18 @@ from collections.abc import Sequence
 from visrec.gateway.core import filters
 from visrec.gateway.core.active_index import ActiveIndex
 from visrec.gateway.core.checks import Limits, check_id
-from visrec.gateway.core.domain import Condition, IndexInfo, Recommendations
-from visrec.gateway.core.errors import (
+from visrec.gateway.core.fallback import Fallback
+from visrec.gateway.core.images import ImageLimits, check_image
+from visrec.gateway.core.observer import Stages
+from visrec.platform.deadlines import budget
+from visrec.platform.domain import Condition, IndexInfo, Recommendations
+from visrec.platform.errors import (
     BackendTimeout,
     BackendUnavailable,
     FailedPrecondition,
     NotFound,
 )
-from visrec.gateway.core.fallback import Fallback, store_budget
-from visrec.gateway.core.images import ImageLimits, check_image
-from visrec.gateway.core.observer import Stages
-from visrec.gateway.core.ports import CatalogReads, Embedder
+from visrec.platform.ports import CatalogReads, Embedder
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class CatalogSearch:
         index = await self._index.current()
         conds = filters.validate(conditions, index)
         try:
-            async with store_budget(self._limits.store_budget_s):
+            with budget(self._limits.store_budget_s):
                 with self._stage("lookup"):
                     vectors = await self._store.get_vectors(index, [item_id])
                 if item_id not in vectors:
@@ -82,7 +83,7 @@ class CatalogSearch:
                 f"{index.collection} holds {index.dim}-d vectors"
             )
         try:
-            async with store_budget(self._limits.store_budget_s):
+            with budget(self._limits.store_budget_s):
                 with self._stage("ann"):
                     items = await self._store.search(index, embedding[0], k, conds)
         except (BackendUnavailable, BackendTimeout) as e:

@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
 
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("visrec.storefront")
 

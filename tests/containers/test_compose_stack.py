@@ -24,10 +24,10 @@ from tests.containers.conftest import VERSION
 from tests.support import free_port, photo
 from visrec.export.cli import build_parser
 from visrec.export.cli import run as run_export
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.local.containers import LOCAL_REGISTRY, Built
 from visrec.local.stack import PORTS, SERVICES, ComposeStack, fill_models, stack_env
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 JOBS_IMAGE = f"{LOCAL_REGISTRY}/visrec-export:{VERSION}-cpu"
 

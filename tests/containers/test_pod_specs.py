@@ -44,9 +44,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.containers.conftest import VERSION
 from tests.support import ROOT
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.local.containers import LOCAL_REGISTRY, STANDIN, Podman
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 IMAGES = {"visrec-triton-cpu": f"{LOCAL_REGISTRY}/visrec-triton-cpu:{VERSION}",
           "visrec-gateway": f"{LOCAL_REGISTRY}/visrec-gateway:{VERSION}",

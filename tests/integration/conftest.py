@@ -20,14 +20,14 @@ from visrec.export.cli import build_parser
 from visrec.export.cli import run as run_export
 from visrec.export.indexing.ingest import IngestReport, ingest
 from visrec.export.indexing.triton_fleet import TritonFleet
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.export.milvus import MilvusDatabase
 from visrec.gateway.api.server import Gateway, build_gateway
 from visrec.gateway.config import GatewayConfig
 from visrec.local.demo_catalog import build_catalog
 from visrec.local.milvus_server import MilvusServer
 from visrec.local.triton_server import TritonServer
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.triton_embedder import TritonEmbedder
 
 
 @pytest.fixture(scope="session")

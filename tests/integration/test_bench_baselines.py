@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from bench import direct, perf
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
 
 APPLE = "google:1f34e"
 

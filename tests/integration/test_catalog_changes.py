@@ -26,12 +26,12 @@ from tests.support import photo, truncated_png
 from visrec.export.indexing.ingest import ingest
 from visrec.export.indexing.rollout import rollout
 from visrec.export.indexing.triton_fleet import TritonFleet
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.export.milvus import MilvusDatabase
 from visrec.gateway.api.server import Gateway
 from visrec.gateway.config import GatewayConfig
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.triton_embedder import TritonEmbedder
 
 POPULAR_REFRESH_S = 1.0
 

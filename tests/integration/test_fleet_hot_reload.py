@@ -30,12 +30,12 @@ from visrec.export.cli import run as run_export
 from visrec.export.indexing.ingest import ingest
 from visrec.export.indexing.rollout import Step, rollout
 from visrec.export.indexing.triton_fleet import GRPC_ADMIN_HEADER, RolloutError, TritonFleet
+from visrec.export.milvus import MilvusDatabase
 from visrec.export.repository import MODELS, served_versions, set_served_versions
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
 from visrec.gateway.config import GatewayConfig
 from visrec.local.triton_server import TritonServer
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.triton_embedder import TritonEmbedder
 
 KEY = secrets.token_hex(16)
 READY_PY = ROOT / "docker" / "triton" / "ready.py"

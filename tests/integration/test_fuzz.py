@@ -22,11 +22,11 @@ from tests.integration.conftest import serving
 from tests.integration.test_ingest import _small_catalog
 from tests.support import encode, photo
 from visrec.export.indexing.ingest import ingest
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.export.milvus import MilvusDatabase
 from visrec.gateway.config import GatewayConfig
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.triton_embedder import TritonEmbedder
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

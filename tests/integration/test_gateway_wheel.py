@@ -17,14 +17,14 @@ import grpc
 import pytest
 
 from tests.support import ROOT, free_port
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 SEED = """
 import sys, numpy as np
-from visrec.gateway.core.domain import IndexInfo, Item
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.milvus.schema import item_row
+from visrec.platform.domain import IndexInfo, Item
+from visrec.export.milvus import MilvusDatabase
+from visrec.platform.milvus.schema import item_row
 db = MilvusDatabase(sys.argv[1], timeout_s=30)
 db.admin.ensure_items_collection("items_v1", 4)
 rows = [item_row(Item(f"item-{i}", f"n{i}", "c", "s"), np.eye(4)[i % 4]) for i in range(8)]

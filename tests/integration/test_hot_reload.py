@@ -22,10 +22,10 @@ from tests.support import ROOT
 from visrec.export.indexing.ingest import ingest
 from visrec.export.indexing.rollout import rollout
 from visrec.export.indexing.triton_fleet import TritonFleet
+from visrec.export.milvus import MilvusDatabase
 from visrec.export.repository import ENCODER, write_version_atomically
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.triton_embedder import TritonEmbedder
 
 
 @pytest.mark.timeout(900)

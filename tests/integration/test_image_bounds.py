@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from tests.support import encode, photo
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
-from visrec.gateway.core.errors import InvalidArgument
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.errors import InvalidArgument
+from visrec.platform.triton_embedder import TritonEmbedder
 
 # The stated bounds (2 cores, two python-backend instances decoding on four threads each).
 ANSWER_WITHIN_S = 20.0

@@ -10,9 +10,9 @@ import pytest
 from tests.support import truncated_png
 from visrec.export.indexing.catalog_file import CatalogFormatError, read_catalog
 from visrec.export.indexing.ingest import ingest
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
-from visrec.gateway.core.errors import VisrecError
+from visrec.export.milvus import MilvusDatabase
+from visrec.platform.errors import VisrecError
+from visrec.platform.triton_embedder import TritonEmbedder
 
 
 def _small_catalog(catalog, tmp_path, n: int, corrupt: int | None = None):

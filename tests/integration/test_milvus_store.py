@@ -8,10 +8,10 @@ import contextlib
 import numpy as np
 import pytest
 
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.milvus.schema import item_row
-from visrec.gateway.core.domain import AnyOf, Equals, IndexInfo, Item, Range
-from visrec.gateway.core.errors import BackendTimeout, BackendUnavailable
+from visrec.export.milvus import MilvusDatabase
+from visrec.platform.domain import AnyOf, Equals, IndexInfo, Item, Range
+from visrec.platform.errors import BackendTimeout, BackendUnavailable
+from visrec.platform.milvus.schema import item_row
 
 # Values a catalog may legitimately hold, each a classic way to break out of a string literal.
 HOSTILE_VALUES = ['say "hi"', "it's", "back\\slash", 'both \' and "', "x\" or id != \"",

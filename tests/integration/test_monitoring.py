@@ -20,12 +20,12 @@ import pytest_asyncio
 
 from tests.integration.test_milvus_store import _fill
 from tests.support import ROOT, free_port, photo, truncated_png
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.core.domain import Equals
+from visrec.export.milvus import MilvusDatabase
 from visrec.local.panels import dashboards, queries, render
 from visrec.local.prometheus_server import PrometheusServer
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.domain import Equals
 
 GPUS = [("0", "GPU-4a1e0c2d-0000-4000-8000-000000000000"),
         ("1", "GPU-4a1e0c2d-0000-4000-8000-000000000001")]

@@ -22,9 +22,9 @@ import pytest_asyncio
 from tests.integration.conftest import AB_ARMS, wait_serving
 from tests.integration.test_ingest import _small_catalog
 from tests.support import ROOT, free_port
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.local.simulate import ClickModel, load_catalog, simulate
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 CLICK = pb.INTERACTION_TYPE_CLICK
 # grapes, melon, watermelon, tangerine, lemon, banana
@@ -245,9 +245,9 @@ async def test_fifty_interactions_at_once_over_two_gateways_are_each_counted_exa
     events, popularity counts each click once, the recent items hold all 50."""
     from tests.integration.conftest import serving
     from visrec.export.indexing.ingest import ingest
-    from visrec.gateway.adapters.milvus import MilvusDatabase
-    from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+    from visrec.export.milvus import MilvusDatabase
     from visrec.gateway.config import GatewayConfig
+    from visrec.platform.triton_embedder import TritonEmbedder
 
     uri = str(tmp_path / "concurrent.db")
     small = _small_catalog(catalog, tmp_path, 60)

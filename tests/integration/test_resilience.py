@@ -25,12 +25,12 @@ from tests.integration.conftest import wait_serving
 from tests.integration.test_ingest import _small_catalog
 from tests.support import ROOT, free_port, photo
 from visrec.export.indexing.ingest import ingest
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
-from visrec.gateway.adapters.milvus import MilvusDatabase
-from visrec.gateway.adapters.triton_embedder import TritonEmbedder
+from visrec.export.milvus import MilvusDatabase
 from visrec.local.milvus_server import MilvusServer
 from visrec.local.triton_server import TritonServer
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform.triton_embedder import TritonEmbedder
 
 pytestmark = pytest.mark.timeout(900)
 ITEMS = 300

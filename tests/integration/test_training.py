@@ -22,9 +22,9 @@ from visrec.export.indexing.rollout import rollout
 from visrec.export.training.evaluate import evaluate, evaluate_groups, render, render_groups
 from visrec.export.training.train import build_parser as train_parser
 from visrec.export.training.train import run as run_train
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.local.simulate import load_catalog, simulate
 from visrec.local.simulate import render as render_tallies
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 SEED = 101
 HOLDOUT = 25.0

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import grpc
 
 from tests.support import photo
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 APPLE = "google:1f34e"
 READS = ("SearchByImage", "SimilarItems")

@@ -1,4 +1,4 @@
-"""In-memory fakes of the ports (visrec.gateway.core.ports), for unit tests of pure logic: the
+"""In-memory fakes of the ports (visrec.platform.ports), for unit tests of pure logic: the
 core, ingest and the rollout. Integration tests use the real Triton and Milvus instead."""
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from visrec.gateway.adapters.milvus.schema import item_from_row, item_row, users_collection
-from visrec.gateway.core.domain import (
+from visrec.gateway.core.filters import matches
+from visrec.platform.domain import (
     CatalogChange,
     Condition,
     IndexInfo,
     Interaction,
     Item,
     ScoredItem,
+    UserProfile,
 )
-from visrec.gateway.core.errors import BackendUnavailable, FailedPrecondition, InvalidArgument
-from visrec.gateway.core.filters import matches
-from visrec.gateway.core.profiles import UserProfile
+from visrec.platform.errors import BackendUnavailable, FailedPrecondition, InvalidArgument
+from visrec.platform.milvus.schema import item_from_row, item_row, users_collection
 
 
 class FakeEmbedder:
@@ -346,7 +346,7 @@ class FakeChangeLog:
 
 
 class FakeDatabase:
-    """Every role over one in-memory store, like visrec.gateway.adapters.milvus.MilvusDatabase."""
+    """Every role over one in-memory store, like visrec.platform.milvus.MilvusDatabase."""
 
     def __init__(self, store: InMemoryStore | None = None) -> None:
         self.store = store or InMemoryStore()

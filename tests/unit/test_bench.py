@@ -225,8 +225,8 @@ async def test_the_direct_baseline_sends_the_gateways_own_milvus_calls():
     import numpy as np
 
     from bench import direct
-    from visrec.gateway.adapters.milvus.serving import MilvusServingStore
-    from visrec.gateway.core.domain import IndexInfo
+    from visrec.platform.domain import IndexInfo
+    from visrec.platform.milvus.serving import MilvusServingStore
 
     class Db:
         timeout = 5.0

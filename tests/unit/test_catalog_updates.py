@@ -22,10 +22,10 @@ from visrec.export.indexing.ingest import ingest
 from visrec.export.indexing.rollout import rollout
 from visrec.export.indexing.triton_fleet import RolloutError
 from visrec.gateway.core.active_index import ActiveIndex
-from visrec.gateway.core.domain import IndexInfo, Item, ItemUpsert
-from visrec.gateway.core.errors import InvalidArgument, NotFound
 from visrec.gateway.core.popular import PopularItems
 from visrec.gateway.core.recommender import Limits, RecommenderCore
+from visrec.platform.domain import IndexInfo, Item, ItemUpsert
+from visrec.platform.errors import InvalidArgument, NotFound
 
 
 class Clock:
@@ -53,13 +53,13 @@ def upsert(item_id: str, image: bytes, **attributes: float | str) -> ItemUpsert:
 async def test_an_upserted_item_is_found_by_its_own_photo_and_replacing_it_moves_its_vector():
     store = InMemoryStore(_items(), INDEX)
     core = gateway(store)
-    result = await core.upsert_items([upsert("new", photo("coffee"), vendor="google")])
+    result = await core.catalog.upsert([upsert("new", photo("coffee"), vendor="google")])
     assert (result.upserted, result.model_version) == (1, "1")
-    found = await core.search_by_image(photo("coffee"), 1)
+    found = await core.search.search_by_image(photo("coffee"), 1)
     assert found.items[0].item.id == "new" and found.items[0].score == pytest.approx(1.0)
-    await core.upsert_items([upsert("new", photo("astronaut"), vendor="twitter")])
-    assert (await core.search_by_image(photo("astronaut"), 1)).items[0].item.id == "new"
-    assert (await core.search_by_image(photo("coffee"), 1)).items[0].score < 0.99
+    await core.catalog.upsert([upsert("new", photo("astronaut"), vendor="twitter")])
+    assert (await core.search.search_by_image(photo("astronaut"), 1)).items[0].item.id == "new"
+    assert (await core.search.search_by_image(photo("coffee"), 1)).items[0].score < 0.99
     assert store.items["new"][0].attributes["vendor"] == "twitter"
     assert store.changes["new"].op == "upsert" and store.images["new"] == photo("astronaut")
 
@@ -68,9 +68,9 @@ async def test_the_same_stream_twice_leaves_the_same_catalog():
     store = InMemoryStore(_items(), INDEX)
     core = gateway(store)
     stream = [upsert(f"n{i}", photo(name)) for i, name in enumerate(("coffee", "rocket"))]
-    await core.upsert_items(stream)
+    await core.catalog.upsert(stream)
     first = {i: (it, v.copy()) for i, (it, v) in store.items.items()}
-    await core.upsert_items(stream)
+    await core.catalog.upsert(stream)
     assert store.items.keys() == first.keys()
     for i, (item, vector) in store.items.items():
         assert item == first[i][0] and np.array_equal(vector, first[i][1])
@@ -95,7 +95,7 @@ async def test_one_bad_item_refuses_the_whole_stream(bad, message):
         bad = ItemUpsert(bad.item, photo("rocket"))
     before = dict(store.items)
     with pytest.raises(InvalidArgument, match=None) as err:
-        await core.upsert_items([upsert("good", photo("coffee")), bad])
+        await core.catalog.upsert([upsert("good", photo("coffee")), bad])
     assert message in str(err.value)
     assert store.items == before and not store.changes  # nothing half-applied, nothing logged
 
@@ -103,29 +103,29 @@ async def test_one_bad_item_refuses_the_whole_stream(bad, message):
 async def test_more_items_than_the_limit_are_refused():
     core = gateway(InMemoryStore(_items(), INDEX))
     with pytest.raises(InvalidArgument, match="at most 10 items"):
-        await core.upsert_items([upsert(f"n{i}", photo()) for i in range(11)])
+        await core.catalog.upsert([upsert(f"n{i}", photo()) for i in range(11)])
     with pytest.raises(InvalidArgument, match="at most 10 items"):
-        await core.delete_items([f"i{i}" for i in range(11)])
+        await core.catalog.delete([f"i{i}" for i in range(11)])
 
 
 async def test_a_deleted_item_leaves_every_answer():
     store = InMemoryStore(_items(), INDEX)
     popular = PopularItems(store, ActiveIndex(store))
     core = gateway(store, popular=popular)
-    await core.record_interaction("u", "i3", "click", "r1")
-    await core.record_interaction("u", "i2", "click", "r2")
+    await core.interactions.record("u", "i3", "click", "r1")
+    await core.interactions.record("u", "i2", "click", "r2")
     await popular.refresh()
     assert "i3" in [it.id for it, _ in popular.pool(INDEX.collection)]
-    assert await core.delete_items(["i3", "i3", "absent"]) == 1
+    assert await core.catalog.delete(["i3", "i3", "absent"]) == 1
     assert "i3" not in store.items and store.changes["i3"].op == "delete"
     assert "i3" not in [it.id for it, _ in popular.pool(INDEX.collection)]
     with pytest.raises(NotFound):
-        await core.similar_items("i3", 3)
+        await core.search.similar_items("i3", 3)
     for item_id in ("i0", "i1", "i2", "i4", "i5"):
-        assert "i3" not in [h.item.id for h in (await core.similar_items(item_id, 10)).items]
-    recommended = await core.recommend("u", 10)
+        assert "i3" not in [h.item.id for h in (await core.search.similar_items(item_id, 10)).items]
+    recommended = await core.personaliser.recommend("u", 10)
     assert recommended.items and "i3" not in [h.item.id for h in recommended.items]
-    assert await core.delete_items(["i3"]) == 0
+    assert await core.catalog.delete(["i3"]) == 0
 
 
 async def test_changes_reach_the_index_a_rollout_is_building_with_its_own_model():
@@ -136,11 +136,11 @@ async def test_changes_reach_the_index_a_rollout_is_building_with_its_own_model(
     store.building["items_v2"] = building
     embedder = FakeEmbedder(versions={"1": 4, "2": 3})
     core = gateway(store, embedder)
-    await core.upsert_items([upsert("new", photo("coffee"))])
+    await core.catalog.upsert([upsert("new", photo("coffee"))])
     assert store.collections["items_v1"]["new"][1].shape == (4,)
     assert store.collections["items_v2"]["new"][1].shape == (3,)
     assert sorted(set(embedder.asked)) == ["1", "2"]
-    await core.delete_items(["i1"])
+    await core.catalog.delete(["i1"])
     assert "i1" not in store.collections["items_v1"] and "i1" not in store.collections["items_v2"]
 
 
@@ -149,15 +149,15 @@ async def test_an_index_marked_building_whose_version_is_gone_does_not_block_wri
     store.collections["items_v9"] = {}
     store.building["items_v9"] = IndexInfo("items_v9", "9", 3, INDEX.facets, 0)
     core = gateway(store)  # the embedder serves version 1 only
-    result = await core.upsert_items([upsert("new", photo("coffee"))])
+    result = await core.catalog.upsert([upsert("new", photo("coffee"))])
     assert result.upserted == 1 and "new" in store.items and not store.collections["items_v9"]
 
 
 async def _logged_changes(store: InMemoryStore) -> None:
     core = gateway(store)
-    await core.upsert_items([upsert("online-only", photo("coffee"), vendor="v"),
+    await core.catalog.upsert([upsert("online-only", photo("coffee"), vendor="v"),
                              upsert("item-1", photo("rocket"), vendor="changed")])
-    await core.delete_items(["item-2"])
+    await core.catalog.delete(["item-2"])
 
 
 async def test_ingest_applies_the_online_changes_after_the_file(tmp_path):
@@ -184,11 +184,11 @@ async def test_a_rollout_applies_changes_made_before_and_during_it(tmp_path):
 
     async def during(step):
         if step.name == "verify":  # after the building mark: the gateway writes both indexes
-            await core.upsert_items([upsert("during", photo("astronaut"))])
-            await core.delete_items(["item-5"])
+            await core.catalog.upsert([upsert("during", photo("astronaut"))])
+            await core.catalog.delete(["item-5"])
         if step.name == "changes":  # a gateway that had not seen the mark yet: log only
             db.store.building.clear()
-            await core.upsert_items([upsert("unseen", photo("chelsea"))])
+            await core.catalog.upsert([upsert("unseen", photo("chelsea"))])
             db.admin.mark_building(db.admin.index_info("items_v2"))
 
     timeline = await rollout("2", db, FakeTritonFleet(["1"]), embedder, catalog=catalog,
@@ -225,7 +225,7 @@ async def test_a_failed_rollout_stops_writing_into_its_index(tmp_path):
 
 
 def test_an_image_is_stored_in_rows_a_milvus_server_accepts():
-    from visrec.gateway.adapters.milvus import schema
+    from visrec.platform.milvus import schema
 
     image = np.random.default_rng(0).bytes(200_000)
     rows = schema.image_rows("item", image)

@@ -155,7 +155,7 @@ def test_tensorrt_target_without_tensorrt_stops_with_a_message_not_a_traceback(t
         [sys.executable, "-m", "visrec.export.cli", "--target", "gpu-tensorrt",
          "--repository", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 1  # failed: the flags are valid, this machine cannot honour them
     assert "needs TensorRT and an NVIDIA GPU" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "image_encoder").exists()

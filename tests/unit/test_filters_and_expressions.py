@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from visrec.gateway.adapters.milvus.expr import compile_filter, quote
-from visrec.gateway.core.domain import AnyOf, Equals, IndexInfo, Range
-from visrec.gateway.core.errors import InvalidArgument
 from visrec.gateway.core.filters import MAX_CONDITIONS, validate
+from visrec.platform.domain import AnyOf, Equals, IndexInfo, Range
+from visrec.platform.errors import InvalidArgument
+from visrec.platform.milvus.expr import compile_filter, quote
 
 INDEX = IndexInfo("items_v1", "1", 4, {"vendor": "string", "added_in": "number"})
 

@@ -1,8 +1,8 @@
 import pytest
 
 from tests.support import bomb_png, encode, photo, truncated_png
-from visrec.gateway.core.errors import InvalidArgument
 from visrec.gateway.core.images import ImageLimits, check_image
+from visrec.platform.errors import InvalidArgument
 
 LIMITS = {"max_bytes": 10 * 1024 * 1024, "limits": ImageLimits(max_pixels=40_000_000)}
 

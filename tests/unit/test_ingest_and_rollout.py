@@ -14,9 +14,8 @@ from tests.unit.fakes import FakeDatabase, FakeEmbedder, FakeTritonFleet, InMemo
 from visrec.export.indexing.ingest import ingest
 from visrec.export.indexing.rollout import carry_profiles, rollout, verify
 from visrec.export.indexing.triton_fleet import RolloutError
-from visrec.gateway.core.domain import IndexInfo
-from visrec.gateway.core.errors import VisrecError
-from visrec.gateway.core.profiles import UserProfile
+from visrec.platform.domain import IndexInfo, UserProfile
+from visrec.platform.errors import VisrecError
 
 
 def write_catalog(tmp_path: Path, n: int, bad: frozenset[int] = frozenset()) -> Path:
@@ -151,7 +150,7 @@ async def test_an_alias_that_cannot_move_after_the_switch_does_not_stop_the_roll
     """The pointer is what gateways follow. Once it moved, a failing alias (a server that
     cannot find the collection, say) is reported, and the rollout still finishes: before, it
     stopped with both versions loaded on every replica and the pointer already moved."""
-    from visrec.gateway.core.errors import BackendUnavailable
+    from visrec.platform.errors import BackendUnavailable
 
     db, embedder, catalog = await _version_1(tmp_path)
     triton = FakeTritonFleet(["1"])
@@ -208,7 +207,7 @@ async def test_carry_profiles_leaves_a_newer_profile_alone(tmp_path):
 
 async def test_ingest_waits_for_triton_to_serve_a_version_then_gives_up_with_a_reason():
     from visrec.export.indexing.ingest import wait_for_version
-    from visrec.gateway.core.errors import BackendUnavailable
+    from visrec.platform.errors import BackendUnavailable
 
     answers: list[object] = [BackendUnavailable("Triton (x) unreachable"), None, "3"]
 

@@ -1,6 +1,7 @@
-"""The tree says where things live, and the imports keep it so: the serving core imports no
-client library, the recommendation service nothing of the ML service or the local tooling, no
-module or class grows past its budget, and README's layout table lists every module."""
+"""The tree says where things live, and the imports keep it so: the two services meet only in
+the shared package (``visrec.platform``: neither imports the other), the serving core imports no
+client library, no module or class grows past its budget, and docs/layout.md lists every
+module."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import pytest
 
 from tests.support import ROOT
 
-PACKAGES = {"gateway": "visrec.gateway", "export": "visrec.export", "local": "visrec.local"}
+PACKAGES = {"gateway": "visrec.gateway", "export": "visrec.export", "local": "visrec.local",
+            "visrec/platform": "visrec.platform"}
+# What the serving core may import of the shared package: its pure modules, no adapter.
+PURE_PLATFORM = ("visrec.platform.domain", "visrec.platform.errors", "visrec.platform.catalog",
+                 "visrec.platform.ports", "visrec.platform.retrieval",
+                 "visrec.platform.deadlines")
 CLIENT_LIBRARIES = ("grpc", "grpc_health", "grpc_reflection", "pymilvus", "milvus_lite",
                     "tritonclient", "prometheus_client", "google.protobuf")
 MAX_MODULE_LINES = 400
@@ -30,7 +36,8 @@ def modules(folder: str = "") -> Iterator[Path]:
 
 def module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
-    parts = [PACKAGES[rel.parts[0]], *rel.parts[1:]]
+    folder = next(f for f in PACKAGES if rel.is_relative_to(f))
+    parts = [PACKAGES[folder], *rel.relative_to(folder).parts]
     return ".".join(p for p in parts if p != "__init__")
 
 
@@ -58,17 +65,33 @@ def test_the_layout_helpers_see_a_violation(tmp_path):
 @pytest.mark.parametrize("path", list(modules("gateway/core")), ids=lambda p: p.name)
 def test_the_serving_core_imports_no_client_library(path):
     bad = {n for n in imports(path) if _under(n, CLIENT_LIBRARIES)
-           or _under(n, ("visrec.gateway.adapters", "visrec.gateway.api"))}
+           or _under(n, ("visrec.gateway.api",))
+           or (_under(n, ("visrec.platform",)) and not _under(n, PURE_PLATFORM))}
     assert not bad, f"{module_name(path)} is pure core code but imports {sorted(bad)}"
 
 
 @pytest.mark.parametrize("path", list(modules("gateway")), ids=module_name)
 def test_the_recommendation_service_stands_alone(path):
-    """Only gateway/ goes into the gateway image: it may not import the ML service, the local
-    tooling, or anything that needs torch."""
+    """Only gateway/ and the shared package go into the gateway image: it may not import the
+    ML service, the local tooling, or anything that needs torch."""
     bad = {n for n in imports(path)
            if _under(n, ("visrec.export", "visrec.local", "torch", "timm", "onnx"))}
     assert not bad, f"{module_name(path)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", list(modules("export")), ids=module_name)
+def test_the_ml_service_never_reaches_into_the_recommendation_service(path):
+    """What both services need lives in visrec.platform; the jobs import none of the gateway."""
+    bad = {n for n in imports(path) if _under(n, ("visrec.gateway", "visrec.local"))}
+    assert not bad, f"{module_name(path)} imports {sorted(bad)}: move what both need into " \
+        "visrec.platform"
+
+
+@pytest.mark.parametrize("path", list(modules("visrec/platform")), ids=module_name)
+def test_the_shared_package_depends_on_neither_service(path):
+    bad = {n for n in imports(path)
+           if _under(n, ("visrec.gateway", "visrec.export", "visrec.local", "torch"))}
+    assert not bad, f"{module_name(path)} is shared but imports {sorted(bad)}"
 
 
 @pytest.mark.parametrize("path", list(modules()), ids=module_name)
@@ -89,13 +112,12 @@ def test_modules_and_classes_stay_within_their_budget(path):
                 f"{module_name(path)}.{node.name} has {size} lines: split it by job")
 
 
-def test_readme_layout_lists_every_module_and_only_those():
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"`((?:gateway|export|local)/[\w/]+\.py)`", table))
+def test_the_layout_document_lists_every_module_and_only_those():
+    table = (ROOT / "docs" / "layout.md").read_text()
+    listed = set(re.findall(r"`((?:gateway|export|local|visrec/platform)/[\w/]+\.py)`", table))
     present = {str(p.relative_to(ROOT)) for p in modules() if p.name != "__init__.py"}
-    assert not present - listed, f"README's layout table misses {sorted(present - listed)}"
-    assert not listed - present, f"README's layout table lists gone {sorted(listed - present)}"
+    assert not present - listed, f"docs/layout.md misses {sorted(present - listed)}"
+    assert not listed - present, f"docs/layout.md lists gone {sorted(listed - present)}"
 
 
 def test_nothing_points_outside_the_repository():

@@ -5,11 +5,11 @@ import pytest
 
 from tests.unit.fakes import FakeEmbedder, InMemoryStore
 from visrec.gateway.core.active_index import ActiveIndex
-from visrec.gateway.core.domain import Equals, IndexInfo, Item
-from visrec.gateway.core.errors import InvalidArgument, NotFound
 from visrec.gateway.core.experiments import parse_experiment
 from visrec.gateway.core.popular import PopularItems
 from visrec.gateway.core.recommender import Personalisation, RecommenderCore
+from visrec.platform.domain import Equals, IndexInfo, Item
+from visrec.platform.errors import InvalidArgument, NotFound
 
 INDEX = IndexInfo("items_v1", "1", 3, {"vendor": "string"}, 0)
 
@@ -44,7 +44,7 @@ def make(arms: str = "", override: bool = False,
 
 async def test_cold_user_gets_the_fallback_marked():
     core, _ = make()
-    r = await core.recommend("new-user", 5)
+    r = await core.personaliser.recommend("new-user", 5)
     assert r.degraded == "cold_user" and len(r.items) == 5
     # The diverse list alternates categories.
     assert {i.item.category for i in r.items} == {"Food", "Flags"}
@@ -53,9 +53,9 @@ async def test_cold_user_gets_the_fallback_marked():
 async def test_clicks_on_fruit_make_recommendations_fruit():
     core, store = make()
     for i in range(3):
-        res = await core.record_interaction("u1", f"fruit-{i}", "click", f"req-{i}")
+        res = await core.interactions.record("u1", f"fruit-{i}", "click", f"req-{i}")
         assert res.counted
-    r = await core.recommend("u1", 5)
+    r = await core.personaliser.recommend("u1", 5)
     assert r.degraded == "" and all(i.item.subcategory == "food-fruit" for i in r.items)
     assert store.profiles["u1"].counts == {"click": 3}
     assert len(store.events) == 3 and store.pop["fruit-0"] == 1.0
@@ -64,18 +64,19 @@ async def test_clicks_on_fruit_make_recommendations_fruit():
 async def test_exclude_seen_removes_what_the_user_interacted_with():
     core, _ = make()
     for i in range(3):
-        await core.record_interaction("u1", f"fruit-{i}", "click", f"req-{i}")
+        await core.interactions.record("u1", f"fruit-{i}", "click", f"req-{i}")
     seen = {"fruit-0", "fruit-1", "fruit-2"}
-    with_seen = {i.item.id for i in (await core.recommend("u1", 5)).items}
-    without = {i.item.id for i in (await core.recommend("u1", 5, exclude_seen=True)).items}
+    with_seen = {i.item.id for i in (await core.personaliser.recommend("u1", 5)).items}
+    answer = await core.personaliser.recommend("u1", 5, exclude_seen=True)
+    without = {i.item.id for i in answer.items}
     assert seen <= with_seen and not seen & without and len(without) == 5
 
 
 async def test_a_retried_interaction_is_acknowledged_but_not_counted():
     core, store = make()
-    first = await core.record_interaction("u1", "fruit-1", "purchase", "req-7")
-    again = await core.record_interaction("u1", "fruit-1", "purchase", "req-7")
-    other_type = await core.record_interaction("u1", "fruit-1", "click", "req-7")
+    first = await core.interactions.record("u1", "fruit-1", "purchase", "req-7")
+    again = await core.interactions.record("u1", "fruit-1", "purchase", "req-7")
+    other_type = await core.interactions.record("u1", "fruit-1", "click", "req-7")
     assert (first.counted, again.counted, other_type.counted) == (True, False, True)
     assert store.profiles["u1"].interactions == 2 and len(store.events) == 2
     assert store.pop["fruit-1"] == 5.0  # purchase 4 + click 1, the retry not at all
@@ -84,8 +85,8 @@ async def test_a_retried_interaction_is_acknowledged_but_not_counted():
 async def test_too_few_candidates_are_filled_from_the_fallback_marked():
     core, _ = make(max_candidates=5)
     for i in range(3):
-        await core.record_interaction("u1", f"fruit-{i}", "click", f"r{i}")
-    r = await core.recommend("u1", 5, exclude_seen=True)
+        await core.interactions.record("u1", f"fruit-{i}", "click", f"r{i}")
+    r = await core.personaliser.recommend("u1", 5, exclude_seen=True)
     ids = [i.item.id for i in r.items]
     assert r.degraded == "few_candidates" and len(ids) == 5 and len(set(ids)) == 5
     assert not {"fruit-0", "fruit-1", "fruit-2"} & set(ids)
@@ -93,25 +94,25 @@ async def test_too_few_candidates_are_filled_from_the_fallback_marked():
 
 async def test_a_filter_nothing_satisfies_gives_an_empty_marked_answer():
     core, _ = make()
-    await core.record_interaction("u1", "fruit-1", "click", "r")
-    r = await core.recommend("u1", 4, [Equals("vendor", "nobody")])
+    await core.interactions.record("u1", "fruit-1", "click", "r")
+    r = await core.personaliser.recommend("u1", 4, [Equals("vendor", "nobody")])
     assert r.items == [] and r.degraded == "few_candidates"
-    filtered = await core.recommend("u1", 4, [Equals("category", "Flags")])
+    filtered = await core.personaliser.recommend("u1", 4, [Equals("category", "Flags")])
     assert len(filtered.items) == 4 and all(i.item.category == "Flags" for i in filtered.items)
 
 
 async def test_vector_store_down_serves_the_cached_popular_list():
     core, store = make()
-    await core.recommend("warm-up", 3)  # fills the fallback cache
+    await core.personaliser.recommend("warm-up", 3)  # fills the fallback cache
     store.down = True
-    r = await core.recommend("u1", 3)
+    r = await core.personaliser.recommend("u1", 3)
     assert r.degraded == "vector_store_unavailable" and len(r.items) == 3
 
 
 async def test_vector_store_down_mid_request_and_for_similar_items_degrades_too():
     core, store = make()
-    await core.record_interaction("u1", "fruit-1", "click", "r")
-    await core.recommend("warm-up", 3)  # fills the fallback cache
+    await core.interactions.record("u1", "fruit-1", "click", "r")
+    await core.personaliser.recommend("warm-up", 3)  # fills the fallback cache
     calls = 0
     search_many = store.search_many
 
@@ -122,9 +123,9 @@ async def test_vector_store_down_mid_request_and_for_similar_items_degrades_too(
         return await search_many(*args, **kwargs)
 
     store.search_many = fails_at_search
-    r = await core.recommend("u1", 3)
+    r = await core.personaliser.recommend("u1", 3)
     assert calls == 1 and r.degraded == "vector_store_unavailable" and len(r.items) == 3
-    s = await core.similar_items("fruit-1", 3, [Equals("category", "Food")])
+    s = await core.search.similar_items("fruit-1", 3, [Equals("category", "Food")])
     assert s.degraded == "vector_store_unavailable" and s.policy == "popularity"
     assert "fruit-1" not in [i.item.id for i in s.items]
     assert s.items and all(i.item.category == "Food" for i in s.items)
@@ -135,23 +136,24 @@ async def test_vector_store_down_mid_request_and_for_similar_items_degrades_too(
 
 async def test_arm_is_sticky_and_reported_on_both_rpcs():
     core, _ = make("a=similarity:50, b=mmr(0.5):50")
-    arms = {(await core.recommend(f"user-{i}", 3)).arm for i in range(40)}
+    arms = {(await core.personaliser.recommend(f"user-{i}", 3)).arm for i in range(40)}
     assert arms == {"a", "b"}
-    r1, r2 = await core.recommend("user-7", 3), await core.recommend("user-7", 3)
-    ack = await core.record_interaction("user-7", "fruit-1", "click", "r")
+    r1 = await core.personaliser.recommend("user-7", 3)
+    r2 = await core.personaliser.recommend("user-7", 3)
+    ack = await core.interactions.record("user-7", "fruit-1", "click", "r")
     assert r1.arm == r2.arm == ack.arm and r1.experiment == "exp"
     assert r1.policy == ("similarity" if r1.arm == "a" else "mmr(0.5)")
 
 
 async def test_arm_override_only_when_enabled():
     closed, _ = make("a=similarity:50, b=mmr(0.5):50")
-    natural = (await closed.recommend("user-7", 3)).arm
+    natural = (await closed.personaliser.recommend("user-7", 3)).arm
     forced = "b" if natural == "a" else "a"
-    assert (await closed.recommend("user-7", 3, arm_override=forced)).arm == natural
+    assert (await closed.personaliser.recommend("user-7", 3, arm_override=forced)).arm == natural
     opened, _ = make("a=similarity:50, b=mmr(0.5):50", override=True)
-    assert (await opened.recommend("user-7", 3, arm_override=forced)).arm == forced
+    assert (await opened.personaliser.recommend("user-7", 3, arm_override=forced)).arm == forced
     with pytest.raises(InvalidArgument, match="unknown arm 'zzz'"):
-        await opened.recommend("user-7", 3, arm_override="zzz")
+        await opened.personaliser.recommend("user-7", 3, arm_override="zzz")
 
 
 @pytest.mark.parametrize("user, item, kind, error, message", [
@@ -163,14 +165,14 @@ async def test_arm_override_only_when_enabled():
 async def test_bad_interactions(user, item, kind, error, message):
     core, store = make()
     with pytest.raises(error, match=message):
-        await core.record_interaction(user, item, kind, "r")
+        await core.interactions.record(user, item, kind, "r")
     assert not store.profiles and not store.events
 
 
 async def test_a_failed_log_write_fails_the_call_and_the_retry_applies_it_once():
     """The profile moved, then the log (the commit point) failed: the call fails, the retry
     logs the interaction without moving the profile a second time."""
-    from visrec.gateway.core.errors import BackendUnavailable
+    from visrec.platform.errors import BackendUnavailable
 
     core, store = make()
     real_log = store.log_interaction
@@ -180,17 +182,17 @@ async def test_a_failed_log_write_fails_the_call_and_the_retry_applies_it_once()
 
     store.log_interaction = broken  # type: ignore[method-assign]
     with pytest.raises(BackendUnavailable):
-        await core.record_interaction("u1", "fruit-1", "click", "req-1")
+        await core.interactions.record("u1", "fruit-1", "click", "req-1")
     assert store.events == {} and store.profiles["u1"].interactions == 1
     store.log_interaction = real_log  # type: ignore[method-assign]
-    retry = await core.record_interaction("u1", "fruit-1", "click", "req-1")
+    retry = await core.interactions.record("u1", "fruit-1", "click", "req-1")
     assert retry.counted and len(store.events) == 1
     assert store.profiles["u1"].interactions == 1  # not moved twice
     assert store.pop == {"fruit-1": 1.0}  # counted once, from the log
 
 
 async def test_a_failed_profile_write_fails_the_call_and_changes_nothing():
-    from visrec.gateway.core.errors import BackendUnavailable
+    from visrec.platform.errors import BackendUnavailable
 
     core, store = make()
 
@@ -200,18 +202,18 @@ async def test_a_failed_profile_write_fails_the_call_and_changes_nothing():
     real_put = store.put_profile
     store.put_profile = broken  # type: ignore[method-assign]
     with pytest.raises(BackendUnavailable):
-        await core.record_interaction("u1", "fruit-1", "click", "req-1")
+        await core.interactions.record("u1", "fruit-1", "click", "req-1")
     assert store.events == {} and store.pop == {}
     store.put_profile = real_put  # type: ignore[method-assign]
-    assert (await core.record_interaction("u1", "fruit-1", "click", "req-1")).counted
+    assert (await core.interactions.record("u1", "fruit-1", "click", "req-1")).counted
     assert store.pop == {"fruit-1": 1.0}
 
 
 async def test_a_retry_changes_nothing_not_even_the_logged_time_or_arm():
     core, store = make("a=similarity:50, b=mmr(0.5):50", override=True)
-    first = await core.record_interaction("u1", "fruit-1", "click", "req-1")
+    first = await core.interactions.record("u1", "fruit-1", "click", "req-1")
     [event] = store.events.values()
-    again = await core.record_interaction("u1", "fruit-1", "click", "req-1", arm_override="b"
+    again = await core.interactions.record("u1", "fruit-1", "click", "req-1", arm_override="b"
                                           if first.arm == "a" else "a")
     assert not again.counted and list(store.events.values()) == [event]
 
@@ -221,8 +223,8 @@ async def test_recommend_reads_recent_items_from_the_log_not_the_profile_row():
     a step to another replica: the log still knows the user's items, so no cold answer."""
     core, store = make()
     for i in range(3):
-        await core.record_interaction("u1", f"fruit-{i}", "click", f"req-{i}")
+        await core.interactions.record("u1", f"fruit-{i}", "click", f"req-{i}")
     store.profiles.clear()
-    r = await core.recommend("u1", 5, exclude_seen=True)
+    r = await core.personaliser.recommend("u1", 5, exclude_seen=True)
     assert r.degraded == "" and all(i.item.subcategory == "food-fruit" for i in r.items)
     assert not {"fruit-0", "fruit-1", "fruit-2"} & {i.item.id for i in r.items}

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visrec.gateway.core.domain import Item
 from visrec.gateway.core.ranking import Candidate, PolicyError, RankContext, parse_policy
+from visrec.platform.domain import Item
 
 POLICIES = ["similarity", "mmr(0.7)", "mmr(1)", "mmr(0)", "similarity|popularity(0.2)",
             "recency(30)", "similarity|category_cap(2)", "exclude_seen|mmr(0.5)",

@@ -6,9 +6,9 @@ import pytest
 from tests.support import bomb_png, photo
 from tests.unit.fakes import FakeEmbedder, InMemoryStore
 from visrec.gateway.core.active_index import ActiveIndex
-from visrec.gateway.core.domain import AnyOf, Equals, IndexInfo, Item, Range
-from visrec.gateway.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from visrec.gateway.core.recommender import Limits, RecommenderCore
+from visrec.platform.domain import AnyOf, Equals, IndexInfo, Item, Range
+from visrec.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 
 INDEX = IndexInfo("items_v1", "1", 4, {"vendor": "string", "added_in": "number"}, 6)
 
@@ -33,7 +33,7 @@ def core(index: IndexInfo | None = INDEX, embedder: FakeEmbedder | None = None,
 
 async def test_similar_items_excludes_query_item_and_orders_by_score():
     c, _ = core()
-    result = await c.similar_items("i0", 5)
+    result = await c.search.similar_items("i0", 5)
     ids = [h.item.id for h in result.items]
     assert "i0" not in ids and len(ids) == 5
     scores = [h.score for h in result.items]
@@ -43,7 +43,7 @@ async def test_similar_items_excludes_query_item_and_orders_by_score():
 
 async def test_similar_items_applies_every_condition():
     c, _ = core()
-    result = await c.similar_items("i0", 10, [Equals("vendor", "google"),
+    result = await c.search.similar_items("i0", 10, [Equals("vendor", "google"),
                                               AnyOf("category", ("Flags",)),
                                               Range("added_in", min=4.0)])
     assert [h.item.id for h in result.items] == ["i5"]
@@ -53,13 +53,13 @@ async def test_similar_items_applies_every_condition():
 async def test_k_outside_limits_is_invalid_argument(k):
     c, _ = core()
     with pytest.raises(InvalidArgument, match="k must be between 1 and 100"):
-        await c.similar_items("i0", k)
+        await c.search.similar_items("i0", k)
 
 
 async def test_unknown_item_is_not_found():
     c, _ = core()
     with pytest.raises(NotFound, match="'nope'"):
-        await c.similar_items("nope", 3)
+        await c.search.similar_items("nope", 3)
 
 
 @pytest.mark.parametrize("item_id, message", [
@@ -67,19 +67,19 @@ async def test_unknown_item_is_not_found():
 async def test_malformed_item_ids_are_invalid_argument(item_id, message):
     c, _ = core()
     with pytest.raises(InvalidArgument, match=message):
-        await c.similar_items(item_id, 3)
+        await c.search.similar_items(item_id, 3)
 
 
 async def test_unknown_filter_field_names_the_field():
     c, _ = core()
     with pytest.raises(InvalidArgument, match=r"unknown filter field 'colour'.*vendor"):
-        await c.similar_items("i0", 3, [Equals("colour", "red")])
+        await c.search.similar_items("i0", 3, [Equals("colour", "red")])
 
 
 async def test_no_index_yet_is_failed_precondition():
     c, _ = core(index=None)
     with pytest.raises(FailedPrecondition, match="visrec-ingest"):
-        await c.similar_items("i0", 3)
+        await c.search.similar_items("i0", 3)
 
 
 @pytest.mark.parametrize("image, message", [
@@ -90,7 +90,7 @@ async def test_no_index_yet_is_failed_precondition():
 async def test_bad_images_are_refused_before_embedding(image, message):
     c, emb = core()
     with pytest.raises(InvalidArgument, match=message):
-        await c.search_by_image(image, 3)
+        await c.search.search_by_image(image, 3)
     assert emb.calls == 0
 
 
@@ -98,26 +98,26 @@ async def test_search_by_image_uses_the_model_version_of_the_active_index():
     """The fake serves both versions: only the version the core asks for can pass."""
     index_v2 = dataclasses.replace(INDEX, collection="items_v2", model_version="2")
     c, emb = core(index=index_v2, embedder=FakeEmbedder(versions={"1": 4, "2": 4}))
-    await c.search_by_image(photo(), 3)
+    await c.search.search_by_image(photo(), 3)
     assert emb.asked == ["2"]
 
 
 async def test_search_by_image_fails_when_triton_lacks_the_index_version():
     c, emb = core(embedder=FakeEmbedder(version="2"))
     with pytest.raises(FailedPrecondition, match="asked 1"):
-        await c.search_by_image(photo(), 3)
+        await c.search.search_by_image(photo(), 3)
     assert emb.asked == ["1"]
 
 
 async def test_search_by_image_refuses_dimension_mismatch():
     c, _ = core(embedder=FakeEmbedder(dim=8))
     with pytest.raises(FailedPrecondition, match="4-d vectors"):
-        await c.search_by_image(photo(), 3)
+        await c.search.search_by_image(photo(), 3)
 
 
 async def test_search_by_image_returns_k_ranked_items():
     c, _ = core()
-    result = await c.search_by_image(photo("coffee", "PNG"), 4)
+    result = await c.search.search_by_image(photo("coffee", "PNG"), 4)
     assert len(result.items) == 4
     assert [h.score for h in result.items] == sorted((h.score for h in result.items),
                                                      reverse=True)
@@ -132,8 +132,8 @@ async def test_search_by_image_refuses_what_the_models_config_refuses_before_tri
     c, emb = core()
     emb.limits = {"max_pixels": "16000000", "max_aspect_ratio": "20", "min_side": "64"}
     with pytest.raises(InvalidArgument, match="under the minimum of 64 pixels"):
-        await c.search_by_image(encode(Image.new("RGB", (48, 48))), 3)
+        await c.search.search_by_image(encode(Image.new("RGB", (48, 48))), 3)
     with pytest.raises(InvalidArgument, match="more than the limit of 20"):
-        await c.search_by_image(encode(Image.new("RGB", (16000, 100))), 3)
+        await c.search.search_by_image(encode(Image.new("RGB", (16000, 100))), 3)
     assert emb.calls == 0
-    assert (await c.search_by_image(photo(), 3)).items
+    assert (await c.search.search_by_image(photo(), 3)).items

@@ -14,11 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support import photo
 from tests.unit.fakes import FakeChangeLog, FakeEmbedder, FakeItemWriter, InMemoryStore
 from tests.unit.test_recommender_core import INDEX, _items
-from visrec.gateway._pb.visrec.v1 import recommender_pb2 as pb
-from visrec.gateway._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.gateway.api.security import SecurityConfigError, Token, TokenBuckets, load_tokens
 from visrec.gateway.api.server import build_gateway
 from visrec.gateway.config import ConfigError, GatewayConfig
+from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
+from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 
 TOKEN = "s3cret-token-0123456789"
 OTHER = "another-token-abcdefghij"

@@ -11,7 +11,7 @@ from visrec.export.training.data import positive_pairs
 from visrec.export.training.evaluate import ndcg_at, recall_at
 from visrec.export.training.holdout import cases, held_out
 from visrec.export.training.train import TrainConfig, train_head
-from visrec.gateway.core.domain import Interaction
+from visrec.platform.domain import Interaction
 
 
 def test_positive_pairs_are_every_ordered_pair_of_distinct_items_per_basket():
@@ -114,7 +114,7 @@ def test_training_never_reads_a_held_out_users_items():
     when the user was read. Held-out users' pairs (and other prefixes' users) must be absent."""
     from tests.unit.fakes import FakeDatabase, InMemoryStore
     from visrec.export.training.data import load_training_data
-    from visrec.gateway.core.domain import IndexInfo, Item
+    from visrec.platform.domain import IndexInfo, Item
 
     users = [f"sim-{n}" for n in range(40)] + [f"other-{n}" for n in range(10)]
     items = {f"{u}:{k}": (Item(f"{u}:{k}"), np.ones(4, np.float32)) for u in users for k in "ab"}
@@ -201,7 +201,7 @@ async def test_cross_source_ranks_the_first_picture_of_the_same_group(tmp_path):
     (rank 2 for its partner) and google:(g-1) is nearer to twitter:g (rank 2, except g = 0)."""
     from tests.unit.fakes import InMemoryStore
     from visrec.export.training.evaluate import cross_source
-    from visrec.gateway.core.domain import IndexInfo, Item
+    from visrec.platform.domain import IndexInfo, Item
 
     groups = _grouped_catalog(tmp_path, 8)
     step = np.pi / 16
@@ -233,7 +233,7 @@ async def test_cross_source_ranks_the_first_picture_of_the_same_group(tmp_path):
 
 def test_a_broken_catalog_is_a_message_with_its_line_not_a_traceback(tmp_path):
     from visrec.export.training.holdout import catalog_groups
-    from visrec.gateway.core.errors import VisrecError
+    from visrec.platform.errors import VisrecError
 
     path = tmp_path / "c.jsonl"
     path.write_text('{"id": "a", "unified": "U1"}\n{"id": "b", "unified": \n')

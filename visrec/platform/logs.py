@@ -1,10 +1,13 @@
-"""Structured (JSON) logs carrying the request id of the call being served."""
+"""Logs of every process, one format: JSON objects (with the request id of the call being
+served) where a machine reads them, readable text on a terminal. The gateway and every job
+configure them here, once."""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import logging
+import sys
 import time
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -29,14 +32,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str = "INFO", fmt: str = "json") -> None:
+def configure(level: str = "INFO", fmt: str = "auto") -> None:
+    """Root logging to stderr: ``fmt`` json, text, or auto (text on a terminal, else json)."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter() if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pymilvus", "grpc"):
+    for noisy in ("pymilvus", "grpc", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -131,3 +131,18 @@ class UpsertResult:
     upserted: int
     model_version: str
     indexes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    user_id: str
+    vector: np.ndarray | None = field(default=None, compare=False)
+    recent_items: tuple[str, ...] = ()  # most recent first
+    counts: Mapping[str, int] = field(default_factory=dict)  # by interaction type
+    recent_events: tuple[str, ...] = ()  # idempotency keys, most recent first
+    interactions: int = 0
+    updated_at: float = 0.0
+
+    @property
+    def seen(self) -> frozenset[str]:
+        return frozenset(self.recent_items)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from visrec.gateway.core.catalog import ATTRIBUTE_NAME
-from visrec.gateway.core.domain import BUILTIN_STRING_FIELDS, AnyOf, Condition, Equals
+from visrec.platform.catalog import ATTRIBUTE_NAME
+from visrec.platform.domain import BUILTIN_STRING_FIELDS, AnyOf, Condition, Equals
 
 
 def quote(value: str) -> str:

@@ -9,7 +9,8 @@ everything else means the inference server is unavailable, slow or without that 
 Behind several replicas (gRPC round_robin over a headless Service's addresses, or an
 ``ipv4:a:p,b:p`` list), a replica that does not serve the version (yet) or whose connection
 breaks is not the caller's problem: the request is sent again, to the next replica, within the
-same deadline, up to ``attempts`` times.
+same deadline, up to ``attempts`` times. Readiness and model-config reads have their own, short
+deadline (``probe_timeout_s``). Errors are mapped by gRPC status code, never by message text.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from visrec.gateway.core.errors import BackendTimeout, BackendUnavailable, InvalidArgument
+from visrec.platform.errors import BackendTimeout, BackendUnavailable, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,13 @@ ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 class TritonEmbedder:
     def __init__(self, url: str, model: str = "image_embedding", timeout_s: float = 10.0,
-                 version_check_s: float = 1.0, attempts: int = 3) -> None:
+                 version_check_s: float = 1.0, attempts: int = 3,
+                 probe_timeout_s: float = 2.0) -> None:
         self.url = url
         self.model = model
         self._timeout = timeout_s
         self._attempts = attempts
+        self._probe_timeout = probe_timeout_s
         self._client: Any = None
         self._version_check_s = version_check_s
         self._served: tuple[float, str | None] = (0.0, None)
@@ -69,7 +72,7 @@ class TritonEmbedder:
 
     async def ready(self) -> bool:
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(self._probe_timeout):
                 return bool(await self._grpc().is_model_ready(self.model))
         except Exception:
             return False
@@ -79,7 +82,7 @@ class TritonEmbedder:
         once per version; None while Triton does not answer (the caller has defaults)."""
         if model_version not in self._limits:
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(self._probe_timeout):
                     config = await self._grpc().get_model_config(
                         self.model, model_version, as_json=True)
             except Exception as e:
@@ -101,11 +104,9 @@ class TritonEmbedder:
             async with asyncio.timeout(self._timeout):
                 meta = await self._grpc().get_model_metadata(self.model, as_json=True)
         except Exception as e:
-            from tritonclient.utils import InferenceServerException
-
-            if isinstance(e, InferenceServerException) and "unknown model" in str(e.message()):
+            if _status(e) == "NOT_FOUND":  # "unknown model": no version of it is ready
                 self._served = (time.monotonic(), None)
-                return None  # nothing of it is ready
+                return None
             raise _translate(e, self.url) from e
         ready = [int(v) for v in meta.get("versions", []) if str(v).isdigit()]
         version = str(max(ready)) if ready else None
@@ -150,20 +151,30 @@ def _another_replica_may_serve(error: Exception, translated: Exception) -> bool:
     return isinstance(translated, BackendUnavailable) and not isinstance(error, TimeoutError)
 
 
-def _translate(error: Exception, url: str, what: str = "") -> Exception:
+def _status(error: Exception) -> str | None:
+    """The gRPC status code name of a tritonclient error (``"NOT_FOUND"``), else None."""
     from tritonclient.utils import InferenceServerException
 
+    if not isinstance(error, InferenceServerException):
+        return None
+    status = str(error.status() or "")  # "StatusCode.NOT_FOUND"
+    return status.rsplit(".", 1)[-1] or None
+
+
+def _translate(error: Exception, url: str, what: str = "") -> Exception:
+    """The service's error for a tritonclient error, by type and status code."""
     if isinstance(error, TimeoutError):
         return BackendTimeout(f"Triton ({url}) did not answer in time")
-    if not isinstance(error, InferenceServerException):
+    status = _status(error)
+    if status is None:
         return BackendUnavailable(f"Triton ({url}): {type(error).__name__}: {error}")
-    status, message = str(error.status() or ""), error.message() or ""
-    if status.endswith("INVALID_ARGUMENT"):
+    message = str(error.message() or "")  # type: ignore[attr-defined]
+    if status == "INVALID_ARGUMENT":
         # Strip Triton's "in ensemble 'image_embedding', " prefix: the caller sent the image.
         return InvalidArgument(f"image rejected: {re.sub(ENSEMBLE_PREFIX, '', message)}")
-    if status.endswith("DEADLINE_EXCEEDED") or "Deadline Exceeded" in message:
+    if status == "DEADLINE_EXCEEDED":
         return BackendTimeout(f"Triton ({url}) did not answer in time")
-    if status.endswith("NOT_FOUND") or "unknown model" in message:
-        return BackendUnavailable(f"Triton ({url}) does not serve {what or 'the model'} "
-                                  f"now: {message}")
+    if status == "NOT_FOUND":  # a replica without the version (not loaded yet, or unloaded)
+        return BackendUnavailable(f"Triton ({url}) does not serve {what or 'the model'} now: "
+                                  f"{message}")
     return BackendUnavailable(f"Triton ({url}) unavailable: {message or status}")

@@ -9,7 +9,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 
-from visrec.gateway.core.domain import BUILTIN_STRING_FIELDS, AttributeValue, FacetType
+from visrec.platform.domain import BUILTIN_STRING_FIELDS, AttributeValue, FacetType
 
 # Attribute names become keys of a JSON column in filter expressions: identifiers only.
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

@@ -7,8 +7,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
-from visrec.gateway.core.domain import Condition, IndexInfo, ScoredItem
-from visrec.gateway.core.ports import CatalogReads
+from visrec.platform.domain import Condition, IndexInfo, ScoredItem
+from visrec.platform.ports import CatalogReads
 
 
 async def multi_interest(store: CatalogReads, index: IndexInfo, recent: Sequence[str], fetch: int,

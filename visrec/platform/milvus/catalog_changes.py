@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from visrec.gateway.adapters.milvus import schema
-from visrec.gateway.adapters.milvus.connection import MilvusConnection
-from visrec.gateway.adapters.milvus.expr import quote
-from visrec.gateway.adapters.milvus.serving import in_ids
-from visrec.gateway.core.domain import CatalogChange
+from visrec.platform.domain import CatalogChange
+from visrec.platform.milvus import schema
+from visrec.platform.milvus.connection import MilvusConnection
+from visrec.platform.milvus.expr import quote
+from visrec.platform.milvus.serving import in_ids
 
 
 class MilvusCatalogChanges:

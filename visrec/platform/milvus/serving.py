@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from visrec.gateway.adapters.milvus import schema
-from visrec.gateway.adapters.milvus.connection import MilvusConnection
-from visrec.gateway.adapters.milvus.expr import compile_filter, quote
-from visrec.gateway.core.domain import Condition, IndexInfo, Item, ScoredItem
-from visrec.gateway.core.errors import BackendUnavailable
+from visrec.platform.domain import Condition, IndexInfo, Item, ScoredItem
+from visrec.platform.errors import BackendUnavailable
+from visrec.platform.milvus import schema
+from visrec.platform.milvus.connection import MilvusConnection
+from visrec.platform.milvus.expr import compile_filter, quote
 
 
 def read_meta(db: MilvusConnection, c: Any, key: str) -> dict[str, Any] | None:

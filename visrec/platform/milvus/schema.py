@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from visrec.gateway.core.domain import CatalogChange, IndexInfo, Interaction, Item
-from visrec.gateway.core.profiles import UserProfile
+from visrec.platform.domain import CatalogChange, IndexInfo, Interaction, Item, UserProfile
 
 META_COLLECTION = "visrec_meta"
 EVENTS_COLLECTION = "interaction_log"

@@ -3,8 +3,10 @@ administration), with the plumbing they all need.
 
 Works the same on Milvus Lite (a local ``*.db`` path) and on a Milvus server
 (``http://host:19530``). pymilvus' client is synchronous: async callers run calls in worker
-threads, each with a deadline. Library exceptions are translated here, at the edge, into the
-service's own errors.
+threads. Each call has one deadline (``visrec.platform.deadlines``): the request's budget where
+one is open, else the configured timeout; pymilvus' gRPC deadline and the awaiting task's are that
+same instant. Library exceptions are translated here, at the edge, by type and code
+(``translate``), into the service's own errors.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from visrec.gateway.core.errors import BackendTimeout, BackendUnavailable, VisrecError
+from visrec.platform import deadlines
+from visrec.platform.errors import BackendTimeout, BackendUnavailable, VisrecError
 
 T = TypeVar("T")
 
@@ -51,7 +54,7 @@ class MilvusConnection:
         # The database a server URI names ("" = default); requests that carry their own
         # database field need it explicitly (pymilvus leaves it empty).
         self.database = split_database(uri)[1]
-        self.timeout = timeout_s
+        self._timeout = timeout_s
         self._token = token
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -59,6 +62,13 @@ class MilvusConnection:
         self._in_flight = 0
         self._loaded: set[str] = set()
         self._created: set[str] = set()
+
+    @property
+    def timeout(self) -> float:
+        """The deadline of the call being made, in seconds from now: the configured timeout,
+        or what is left of the request's budget (read in the worker thread: it inherits the
+        caller's context)."""
+        return deadlines.remaining(self._timeout)
 
     @property
     def is_lite(self) -> bool:
@@ -74,51 +84,49 @@ class MilvusConnection:
                 # close() tears it down for every client: each connection gets its own alias.
                 uri, database = split_database(self.uri)
                 self._client = MilvusClient(uri=uri, token=self._token, db_name=database,
-                                            timeout=self.timeout,
+                                            timeout=self._timeout,
                                             alias=f"visrec-{uuid.uuid4().hex}")
             return self._client
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(client, *args, **kwargs)`` in this thread, translating library errors."""
-        from pymilvus.exceptions import MilvusException
-
         with self._idle:
             self._in_flight += 1
         try:
-            return fn(self._connect(), *args, **kwargs)
+            try:
+                client = self._connect()
+            except Exception as e:  # whatever opening fails with (Lite: RuntimeError), by where
+                raise BackendUnavailable(f"Milvus ({self.uri}) unreachable: {e}") from e
+            return fn(client, *args, **kwargs)
         except VisrecError:
             raise
-        except MilvusException as e:
-            text = f"Milvus ({self.uri}): {getattr(e, 'message', e)}"
-            if "not loaded" in text:
+        except Exception as e:
+            error = translate(e, self.uri)
+            if error is None:
+                raise
+            if isinstance(error, CollectionReleased):
                 # A restarted server comes back with its collections released and loads them
                 # itself (~25 s on 2.3.5); forget ours so a collection it does not reload is
                 # loaded by the next call.
                 self.forget_collections()
-            if "timeout" in text.lower() or "deadline" in text.lower():
-                raise BackendTimeout(text) from e
-            raise BackendUnavailable(text) from e
-        except (ConnectionError, OSError, RuntimeError) as e:
-            raise BackendUnavailable(f"Milvus ({self.uri}) unreachable: {e}") from e
-        except Exception as e:  # grpc.RpcError and friends
-            if type(e).__module__.startswith("grpc"):
-                raise BackendUnavailable(f"Milvus ({self.uri}): {e}") from e
-            raise
+            raise error from e
         finally:
             with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``call`` in a worker thread, with a deadline of the timeout plus a second."""
+        """``call`` in a worker thread, awaited until the call's deadline (the same instant
+        pymilvus' gRPC deadline ends: a thread blocked past it is abandoned, not awaited)."""
+        timeout = self.timeout
         work = functools.partial(self.call, fn, *args, **kwargs)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            async with asyncio.timeout(self.timeout + 1.0):
+            async with asyncio.timeout(timeout):
                 return await asyncio.to_thread(work)
         except TimeoutError as e:
             raise BackendTimeout(f"Milvus ({self.uri}) did not answer within "
-                                 f"{self.timeout:.1f}s") from e
+                                 f"{timeout:.1f}s") from e
 
     # ------------------------------------------------------------------ collections
     def forget_collections(self) -> None:
@@ -171,3 +179,37 @@ class MilvusConnection:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
+
+
+class CollectionReleased(BackendUnavailable):
+    """A collection is not loaded (a restarted server reloads it); retrying later may work."""
+
+
+# Milvus' own error codes (merr, Milvus >= 2.3; Milvus Lite 2.5 uses the same): the ones the
+# service treats apart. Everything else the server refuses means "unavailable now".
+COLLECTION_NOT_LOADED = 101
+
+
+def translate(error: Exception, uri: str) -> VisrecError | None:
+    """The service's error for a library error, by type and code (never by message text);
+    None for an exception that is not the library's (a bug: let it through)."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    where = f"Milvus ({uri})"
+    cause = error.__cause__
+    if isinstance(error, MilvusException) and isinstance(cause, grpc.RpcError):
+        error = cause  # pymilvus' retries gave up: the last transport error says why
+    if isinstance(error, grpc.RpcError):
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return BackendTimeout(f"{where} did not answer in time")
+        return BackendUnavailable(f"{where}: {code.name if code else 'gRPC error'}")
+    if isinstance(error, MilvusException):
+        message = f"{where}: {error.message}"
+        if error.code == COLLECTION_NOT_LOADED:
+            return CollectionReleased(message)
+        return BackendUnavailable(message)
+    if isinstance(error, ConnectionError | OSError):
+        return BackendUnavailable(f"{where} unreachable: {error}")
+    return None

@@ -1,5 +1,6 @@
-"""The item writer: the one way items get into (and out of) an index collection. Batch ingest,
-the rollout and the gateway's online catalog changes all write through it."""
+"""The item writer of online catalog changes: the one way items get into (and out of) an index
+collection item by item. The gateway's UpsertItems / DeleteItems and the rollout's catch-up
+write through it; batch ingest adds its batch side (``visrec.export.milvus.MilvusBatchWriter``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from visrec.gateway.adapters.milvus import schema
-from visrec.gateway.adapters.milvus.connection import MilvusConnection
-from visrec.gateway.adapters.milvus.serving import in_ids
-from visrec.gateway.core.domain import Item
+from visrec.platform.domain import Item
+from visrec.platform.milvus import schema
+from visrec.platform.milvus.connection import MilvusConnection
+from visrec.platform.milvus.serving import in_ids
 
 PAGE = 1000  # ids per Milvus call
 
@@ -28,10 +29,6 @@ class MilvusItemWriter:
             return ("its id contains ', which Milvus Lite cannot delete or replace (a Milvus "
                     "server can)")
         return None
-
-    def upsert(self, collection: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows made by ``schema.item_row``; an existing id is replaced."""
-        self._db.call(lambda c: c.upsert(collection, list(rows), timeout=self._db.timeout))
 
     async def put_items(self, collection: str, items: Sequence[tuple[Item, np.ndarray]],
                         fingerprint: str | Sequence[str] = "") -> None:
@@ -73,33 +70,3 @@ class MilvusItemWriter:
             return found
 
         return await self._db.run(call)
-
-    async def fingerprints_of(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
-        """id -> stored fingerprint, for those of ``ids`` the collection holds."""
-        def call(c: Any) -> dict[str, str]:
-            if not ids or not c.has_collection(collection, timeout=self._db.timeout):
-                return {}
-            self._db.ensure_loaded(c, collection)
-            out: dict[str, str] = {}
-            for start in range(0, len(ids), PAGE):
-                for r in c.query(collection, filter=in_ids(list(ids[start:start + PAGE])),
-                                 output_fields=["id", "attributes"],
-                                 consistency_level="Strong", timeout=self._db.timeout):
-                    out[r["id"]] = schema.fingerprint_of(r)
-            return out
-
-        return await self._db.run(call)
-
-    def flush(self, collection: str) -> None:
-        self._db.call(lambda c: c.flush(collection, timeout=self._db.timeout))
-
-    def fingerprints(self, collection: str) -> dict[str, str]:
-        """id -> the fingerprint stored with each item of the collection ('' where absent)."""
-        def call(c: Any) -> dict[str, str]:
-            if not c.has_collection(collection, timeout=self._db.timeout):
-                return {}
-            self._db.ensure_loaded(c, collection)
-            return {r["id"]: schema.fingerprint_of(r)
-                    for r in self._db.scan(c, collection, ["id", "attributes"])}
-
-        return self._db.call(call)

@@ -1,6 +1,6 @@
 """What the gateway knows about users: profiles (per model version) and the interaction log, with
-the counts derived from the log (item popularity, a user's recent items); and the reads of them
-that the rollout and training jobs need.
+the counts derived from the log (item popularity, a user's recent items). The jobs' reads of whole
+collections are ``visrec.export.milvus.MilvusUserLog``.
 
 The log is the source of truth: one row per acknowledged interaction, keyed by its idempotency
 key, never rewritten. Popularity and recent items are computed from it when read, so two
@@ -14,12 +14,11 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from visrec.gateway.adapters.milvus import schema
-from visrec.gateway.adapters.milvus.connection import MilvusConnection
-from visrec.gateway.adapters.milvus.expr import quote
-from visrec.gateway.adapters.milvus.serving import in_ids
-from visrec.gateway.core.domain import IndexInfo, Interaction
-from visrec.gateway.core.profiles import UserProfile
+from visrec.platform.domain import IndexInfo, Interaction, UserProfile
+from visrec.platform.milvus import schema
+from visrec.platform.milvus.connection import MilvusConnection
+from visrec.platform.milvus.expr import quote
+from visrec.platform.milvus.serving import in_ids
 
 # Rows one query returns at most (Milvus caps offset + limit); larger reads use the iterator.
 RECENT_SCAN = schema.QUERY_PAGE
@@ -95,29 +94,6 @@ class MilvusUserStore:
 
         return {r["id"]: schema.profile_from_row(r["id"], r) for r in await self._db.run(call)}
 
-    def profile_batches(self, index: IndexInfo, since: float = 0.0,
-                        batch_size: int = 512) -> Iterator[list[UserProfile]]:
-        """Every profile of ``index`` updated at or after ``since``, in batches."""
-        collection = schema.users_collection(index)
-        out: list[list[UserProfile]] = []
-
-        def call(c: Any) -> None:
-            if not c.has_collection(collection, timeout=self._db.timeout):
-                return
-            self._ensure_users(c, index)
-            batch: list[UserProfile] = []
-            for r in self._db.scan(c, collection, ["id", "vector", "state"], batch_size,
-                                   expr=f"{schema.PROFILE_UPDATED_AT} >= {float(since)!r}"):
-                batch.append(schema.profile_from_row(r["id"], r))
-                if len(batch) == batch_size:
-                    out.append(batch)
-                    batch = []
-            if batch:
-                out.append(batch)
-
-        self._db.call(call)
-        yield from out
-
     async def put_profile(self, index: IndexInfo, profile: UserProfile) -> None:
         collection = schema.users_collection(index)
         row = schema.profile_row(profile, index.dim)
@@ -147,15 +123,6 @@ class MilvusUserStore:
             c.upsert(schema.EVENTS_COLLECTION, [row], timeout=self._db.timeout)
 
         await self._db.run(call)
-
-    def interactions(self) -> list[Interaction]:
-        """The whole interaction log (for training and evaluation jobs)."""
-
-        def call(c: Any) -> list[Interaction]:
-            out = [schema.event_from_row(r) for r in self._log_rows(c, "", ["data"])]
-            return sorted(out, key=lambda e: (e.at, e.event_id))
-
-        return self._db.call(call)
 
     async def recent_items(self, user_ids: Sequence[str], limit: int
                            ) -> Mapping[str, tuple[str, ...]]:

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from visrec.gateway.adapters.milvus import schema
-from visrec.gateway.adapters.milvus.connection import MilvusConnection
-from visrec.gateway.adapters.milvus.expr import quote
-from visrec.gateway.adapters.milvus.serving import read_active_index, read_meta
-from visrec.gateway.core.domain import IndexInfo
-from visrec.gateway.core.errors import BackendUnavailable
+from visrec.platform.domain import IndexInfo
+from visrec.platform.errors import BackendUnavailable
+from visrec.platform.milvus import schema
+from visrec.platform.milvus.connection import MilvusConnection
+from visrec.platform.milvus.expr import quote
+from visrec.platform.milvus.serving import read_active_index, read_meta
 
 
 class MilvusIndexAdmin:
