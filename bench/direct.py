@@ -24,12 +24,13 @@ def _gateway_calls(client: Any, collection: str, k: int) -> tuple[Any, Any]:
 
     def lookup(item_id: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = client.query(
-            collection, filter=in_ids([item_id]), output_fields=["id", "vector"],
+            collection, filter=in_ids([item_id]), output_fields=["vector"],
             consistency_level=READS)
         return rows
 
     def search(vector: Sequence[float], limit: int = k) -> Any:
-        return client.search(collection, data=[list(vector)], anns_field="vector", limit=limit,
+        data = [np.asarray(vector, dtype=np.float32)]
+        return client.search(collection, data=data, anns_field="vector", limit=limit,
                              filter=compile_filter(()), output_fields=schema.ITEM_FIELDS,
                              search_params=schema.search_params(limit), consistency_level=READS)
 

@@ -40,7 +40,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python3", "/opt/visrec/ready.py"]
 # start.sh restricts the repository API to the admin key (TRITON_ADMIN_KEY[_FILE]).
 ENTRYPOINT ["/opt/visrec/start.sh"]
+# start.sh adds --load-model for what the repository's serving path calls.
 CMD ["--model-repository=/models", "--model-control-mode=explicit", \
-     "--load-model=preprocess", "--load-model=image_encoder", \
-     "--load-model=image_embedding", "--strict-readiness=true", "--exit-on-error=false", \
+     "--strict-readiness=true", "--exit-on-error=false", \
      "--allow-metrics=true", "--allow-gpu-metrics=false"]

@@ -60,6 +60,15 @@ class Job:
         p.add_argument("-q", "--quiet", action="store_true", help=self.quiet_help)
         return p
 
+    def parse(self, argv: list[str]) -> argparse.Namespace:
+        """The job's flags parsed and checked as ``main`` would, without running it (wrappers
+        that pass flags through validate them here; input files are not looked for: they may
+        be paths inside a container). Raises UsageError, or SystemExit on argparse's errors."""
+        args = self.parser().parse_args(argv)
+        if self.check is not None:
+            self.check(args)
+        return args
+
     def main(self, argv: list[str] | None = None) -> int:
         try:
             config = JobsConfig.from_env()

@@ -35,7 +35,7 @@ TARGETS = ("cpu", "gpu-onnx", "gpu-tensorrt")
 PREPROCESS = "preprocess"
 ENCODER = "image_encoder"
 PIPELINE = "image_embedding"
-MODELS = (PREPROCESS, ENCODER, PIPELINE)  # load order
+MODELS = (PREPROCESS, ENCODER, PIPELINE)  # load order; all are exported
 # Tensor names shared by the ONNX graph, the TensorRT engine and the configs.
 IMAGE, PIXELS, EMBEDDING = "IMAGE", "PIXELS", "EMBEDDING"
 METADATA_FILE = "export.json"
@@ -168,6 +168,21 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp.write_text(text)
     tmp.chmod(0o644)
     os.replace(tmp, path)
+
+
+def serving_models(repository: Path) -> tuple[str, ...]:
+    """The models a replica loads to serve, in load order: what image_embedding calls. On the
+    cpu target it runs its version's encoder with ONNX Runtime itself (image_embedding alone);
+    on a GPU it calls image_encoder. preprocess serves no request: it is exported for
+    perf_analyzer and loaded only where it is measured. (docker/triton/start.sh and ready.py
+    read the same parameter without visrec.) Every model while the repository has no
+    image_embedding config yet."""
+    path = config_path(repository, PIPELINE)
+    if not path.is_file():
+        return MODELS
+    params = parse_pbtxt(path.read_text()).parameters
+    runtime = params["encoder_runtime"].string_value if "encoder_runtime" in params else ""
+    return (PIPELINE,) if runtime == "onnxruntime" else (ENCODER, PIPELINE)
 
 
 def config_path(repository: Path, model: str) -> Path:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Roll model version M out on a cluster (or back): a Job made from the overlay by
 # scripts/rollout_job.py runs visrec-rollout against every Triton pod and Milvus, and this waits
-# for it and prints its timeline.   scripts/rollout.sh k8s/overlays/gpu visrec 2 --catalog
+# for it and prints its timeline. Flags after the version are visrec-rollout's, passed through:
+#   scripts/rollout.sh k8s/overlays/gpu visrec 2 --catalog /catalog/catalog.jsonl
 set -euo pipefail
 overlay=${1:?overlay}; namespace=${2:?namespace}; version=${3:?model version}; shift 3
 name="rollout-v${version}-$(date +%s)"

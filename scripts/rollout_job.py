@@ -9,7 +9,12 @@ found through the headless Service, and the name the NetworkPolicies admit (visr
 It needs no Kubernetes API access (no ServiceAccount token, so no RBAC): replicas are found
 through DNS.
 
-    python scripts/rollout_job.py --overlay k8s/overlays/gpu --to 2 --catalog | kubectl apply -f -
+Every flag this script does not own (--overlay, --name) is visrec-rollout's: it is validated by
+visrec-rollout's own parser and passed through unchanged, so both cannot drift apart. The catalog
+PVC is mounted at /catalog:
+
+    python scripts/rollout_job.py --overlay k8s/overlays/gpu --to 2 \
+        --catalog /catalog/catalog.jsonl | kubectl apply -f -
 """
 
 from __future__ import annotations
@@ -36,8 +41,16 @@ def render(overlay: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def rollout_job(docs: list[dict[str, Any]], version: str, *, catalog: bool,
-                grace_s: int = 60, name: str | None = None) -> dict[str, Any]:
+def rollout_job(docs: list[dict[str, Any]], rollout_args: list[str],
+                name: str | None = None) -> dict[str, Any]:
+    """The Job running ``visrec-rollout <rollout_args>`` (checked by visrec-rollout's parser)."""
+    from visrec.export.errors import UsageError
+    from visrec.export.indexing.rollout import JOB as ROLLOUT
+
+    parsed = ROLLOUT.parse(rollout_args)
+    if parsed.status:
+        raise UsageError("a Job rolls a version out: --status is for a shell")
+    version = parsed.to_version
     [reindex] = [d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "reindex"]
     job = copy.deepcopy(reindex)
     labels = {"app.kubernetes.io/name": "visrec-rollout", "app.kubernetes.io/component":
@@ -52,8 +65,7 @@ def rollout_job(docs: list[dict[str, Any]], version: str, *, catalog: bool,
     [container] = pod["containers"]
     container["name"] = "rollout"
     container["command"] = ["visrec-rollout"]
-    container["args"] = ["--to", str(version), "--grace-s", str(grace_s), "--quiet",
-                         *(["--catalog", "/catalog/catalog.jsonl"] if catalog else [])]
+    container["args"] = list(rollout_args)
     container["env"] = [
         # Every Triton pod: the headless Service resolves to each ready pod's address.
         {"name": "VISREC_TRITON_REPLICAS", "value": "triton:8001"},
@@ -69,19 +81,20 @@ def rollout_job(docs: list[dict[str, Any]], version: str, *, catalog: bool,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rollout_job", description=__doc__.split("\n\n")[0])
-    p.add_argument("--overlay", type=Path, default=ROOT / "k8s" / "overlays" / "gpu")
-    p.add_argument("--to", dest="version", required=True, help="model version to serve")
-    p.add_argument("--catalog", action="store_true",
-                   help="re-embed the catalog PVC into items_v<version> (not needed to roll "
-                        "back to a version whose collection exists)")
-    p.add_argument("--grace-s", type=int, default=60)
+    from visrec.export.errors import UsageError
+
+    p = argparse.ArgumentParser(
+        prog="rollout_job", description=(__doc__ or "").split("\n\n")[0],
+        epilog="Other flags are visrec-rollout's (see visrec-rollout --help), e.g. --to 2 "
+               "--catalog /catalog/catalog.jsonl --grace-s 60.")
+    p.add_argument("--overlay", type=Path, default=ROOT / "k8s" / "overlays" / "gpu",
+                   help="the kustomize overlay whose reindex Job is the template")
     p.add_argument("--name", default=None, help="Job name (default: rollout-v<M>-<time>)")
-    args = p.parse_args(argv)
-    if not args.version.isdigit():
-        p.error("--to takes a version number")
-    job = rollout_job(render(args.overlay), args.version, catalog=args.catalog,
-                      grace_s=args.grace_s, name=args.name)
+    args, rollout_args = p.parse_known_args(argv)
+    try:
+        job = rollout_job(render(args.overlay), rollout_args, name=args.name)
+    except UsageError as e:
+        p.error(f"visrec-rollout flags: {e}")
     print(yaml.safe_dump(job, sort_keys=False), end="")
     return 0
 

@@ -1,5 +1,6 @@
 """Triton readiness (stdlib only: the Triton images do not install visrec). Ready means serving
-every version of every model that the repository's configs list: the durable served set that
+every version of every model the serving path calls (``models``: image_embedding, and on a GPU
+the image_encoder it calls) that the repository's configs list: the durable served set that
 visrec-rollout writes (version_policy specific), checked version by version.
 
 A listed version that is not loaded (this replica started while a rollout changed the set, or
@@ -16,8 +17,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-MODELS = ("preprocess", "image_encoder", "image_embedding")
 HEADER = "visrec-admin-key"
+RUNTIME = re.compile(r'key:\s*"encoder_runtime"\s*value\s*\{\s*string_value:\s*"(\w+)"')
+
+
+def models(repository: Path) -> tuple[str, ...]:
+    """What the serving path calls, in load order (visrec.export.repository.serving_models)."""
+    try:
+        text = (repository / "image_embedding" / "config.pbtxt").read_text()
+    except OSError:
+        return ("preprocess", "image_encoder", "image_embedding")
+    runtime = RUNTIME.search(text)
+    if runtime and runtime.group(1) == "onnxruntime":
+        return ("image_embedding",)
+    return ("image_encoder", "image_embedding")
 
 
 def listed(repository: Path, model: str) -> list[str]:
@@ -51,9 +64,9 @@ def admin_key() -> str:
 def missing(base: str, repository: Path) -> dict[str, list[str]]:
     """model -> listed versions that are not ready (all of them if the server is not)."""
     if not ok(base, "/v2/health/live"):
-        return {m: ["server"] for m in MODELS}
+        return {m: ["server"] for m in models(repository)}
     out = {}
-    for model in MODELS:
+    for model in models(repository):
         versions = listed(repository, model)
         absent = [v for v in versions
                   if not ok(base, f"/v2/models/{model}/versions/{v}/ready")] or (
@@ -76,7 +89,7 @@ def main() -> int:
     print(f"not ready: {gaps}", file=sys.stderr)
     if all(v != ["server"] for v in gaps.values()):
         key = admin_key()
-        for model in MODELS:  # in load order: reload each from the repository's config
+        for model in models(repository):  # in load order: reload each from its config
             ok(base, f"/v2/repository/models/{model}/load", "POST", key)
     return 1
 

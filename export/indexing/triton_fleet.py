@@ -23,7 +23,6 @@ from visrec.export.errors import ExportError
 from visrec.platform.errors import VisrecError
 
 log = logging.getLogger("visrec.rollout")
-MODELS = repo.MODELS  # load order
 # The header Triton's restricted repository API checks: named so by --http-restricted-api; over
 # gRPC Triton expects it with its own prefix (--grpc-restricted-protocol).
 ADMIN_HEADER = "visrec-admin-key"
@@ -111,7 +110,7 @@ class TritonFleet:
                                          client_timeout=self._timeout), self._timeout)
         finally:
             await client.close()
-        out: dict[str, list[str]] = {m: [] for m in MODELS}
+        out: dict[str, list[str]] = {m: [] for m in repo.serving_models(self._repository)}
         for m in index.get("models", []):
             if m.get("name") in out and m.get("state") == "READY":
                 out[m["name"]].append(str(m["version"]))
@@ -123,13 +122,14 @@ class TritonFleet:
         return sorted(set.intersection(*sets), key=int) if sets else []
 
     async def _load(self, replica: str, versions: Sequence[str]) -> None:
-        """Reload the three models on ``replica`` from the repository, then check that exactly
-        ``versions`` are ready (the load call alone can succeed with a version missing)."""
+        """Reload the models the serving path calls on ``replica`` from the repository, then
+        check that exactly ``versions`` are ready (the load call alone can succeed with a
+        version missing)."""
         from tritonclient.grpc.aio import InferenceServerClient
 
         client = InferenceServerClient(replica)
         try:
-            for model in MODELS:
+            for model in repo.serving_models(self._repository):
                 await self._call(replica, f"loading {model}", client.load_model(
                     model, headers=self._headers, client_timeout=self._load_timeout),
                     self._load_timeout)

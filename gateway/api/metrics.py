@@ -30,7 +30,8 @@ class GatewayMetrics:
             registry=registry)
         self.stage_latency = Histogram(
             "visrec_stage_duration_seconds",
-            "Time spent in each stage of a request (decode, embed, lookup, ann, rank, profile)",
+            "Time spent in each stage of a request (model_config, decode, embed, neighbours, "
+            "lookup, ann, popularity, rank, profile, fallback, write)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
         self.active_model = Gauge(
             "visrec_active_model_info",

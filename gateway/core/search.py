@@ -50,15 +50,12 @@ class CatalogSearch:
         index = await self._index.current()
         conds = filters.validate(conditions, index)
         try:
-            with budget(self._limits.store_budget_s):
-                with self._stage("lookup"):
-                    vectors = await self._store.get_vectors(index, [item_id])
-                if item_id not in vectors:
-                    raise NotFound(f"item {item_id!r} is not in the catalog")
-                with self._stage("ann"):
-                    hits = await self._store.search(index, vectors[item_id], k + 1, conds)
+            with budget(self._limits.store_budget_s), self._stage("neighbours"):
+                hits = await self._store.neighbours(index, item_id, k + 1, conds)
         except (BackendUnavailable, BackendTimeout) as e:
             return self._degraded(index, k, conds, frozenset({item_id}), e)
+        if hits is None:
+            raise NotFound(f"item {item_id!r} is not in the catalog")
         items = [h for h in hits if h.item.id != item_id][:k]
         return Recommendations(items=items, model_version=index.model_version, policy="similarity")
 
@@ -68,8 +65,9 @@ class CatalogSearch:
         """Embed an uploaded image with the model version of the active index, then ANN."""
         self._limits.check_k(k)
         index = await self._index.current()
-        with self._stage("decode"):
+        with self._stage("model_config"):  # read once per version, then cached
             params = await self._embedder.image_limits(index.model_version)
+        with self._stage("decode"):
             limits = (ImageLimits.from_parameters(params, self._limits.max_image_pixels)
                       if params is not None else
                       ImageLimits(max_pixels=self._limits.max_image_pixels))

@@ -141,6 +141,13 @@ class InMemoryStore:
         return [await self.search(index, v, k, conditions, with_vectors=with_vectors)
                 for v in vectors]
 
+    async def neighbours(self, index: IndexInfo, item_id: str, k: int,
+                         conditions: Sequence[Condition]) -> list[ScoredItem] | None:
+        vectors = await self.get_vectors(index, [item_id])
+        if item_id not in vectors:
+            return None
+        return await self.search(index, vectors[item_id], k, conditions)
+
     async def sample_items(self, index: IndexInfo, conditions: Sequence[Condition],
                            limit: int) -> list[Item]:
         self._check()

@@ -26,3 +26,29 @@ def test_reads_prefixed_variables_with_types():
 def test_bad_values_fail_naming_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         GatewayConfig.from_env(env)
+
+
+def test_the_core_is_built_from_the_settings_not_from_copies():
+    c = GatewayConfig.from_env({"VISREC_MAX_K": "50", "VISREC_MILVUS_TIMEOUT_S": "1.5",
+                                "VISREC_MAX_BATCH_ITEMS": "7", "VISREC_RECENT_QUERIES": "3",
+                                "VISREC_PROFILE_RATE": "0.5", "VISREC_EXPERIMENT_OVERRIDE": "1"})
+    limits, p = c.limits(), c.personalisation()
+    assert (limits.max_k, limits.store_budget_s, limits.max_batch_items) == (50, 1.5, 7)
+    assert (p.recent_queries, p.profile_rate, p.allow_arm_override) == (3, 0.5, True)
+
+
+def test_every_setting_says_what_it_means():
+    from visrec.export.config import JobsConfig
+    from visrec.platform.settings import describe
+
+    for cls in (GatewayConfig, JobsConfig):
+        for name, _, text in describe(cls):
+            assert text, f"{name} has no help text"
+
+
+def test_the_configuration_document_is_what_the_declarations_say():
+    """docs/configuration.md is rendered from the settings: a setting added, renamed or given
+    another default without re-rendering it fails here."""
+    from scripts.config_docs import DOC, render
+
+    assert DOC.read_text() == render(), "run: python scripts/config_docs.py"

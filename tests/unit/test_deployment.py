@@ -139,7 +139,8 @@ def test_triton_serves_with_explicit_model_control_shm_and_a_headless_service(ov
     spec = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
     c = spec["containers"][0]
     assert "--model-control-mode=explicit" in c["args"]
-    assert "--load-model=image_embedding" in c["args"]
+    # start.sh loads what the repository's serving path calls (test_export_repository.py)
+    assert not [a for a in c["args"] if a.startswith("--load-model")]
     # Ready = every version the repository lists is served (not only "the server is up").
     for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["exec"]["command"] == ["python3", "/opt/visrec/ready.py"], probe
@@ -182,12 +183,13 @@ def test_pod_security_admits_milvus_and_audits_restricted(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_shared_volumes_name_a_read_write_many_storage_class(overlay):
-    readme = (ROOT / "README.md").read_text()
+    operations = (ROOT / "docs" / "operations.md").read_text()
     for pvc in of_kind(RENDERED[overlay], "PersistentVolumeClaim"):
         if "ReadWriteMany" in pvc["spec"]["accessModes"]:
             cls = pvc["spec"].get("storageClassName")
             assert cls, f"{pvc['metadata']['name']}: a default class is usually single-node"
-            assert cls in readme, f"README does not say how to provide StorageClass {cls}"
+            assert cls in operations, \
+                f"docs/operations.md does not say how to provide StorageClass {cls}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -245,7 +247,8 @@ def test_the_rollout_job_is_valid_admitted_and_holds_the_triton_admin_key(overla
     from scripts.rollout_job import rollout_job
 
     docs = RENDERED[overlay]
-    job = rollout_job(docs, "2", catalog=True, name="rollout-v2")
+    job = rollout_job(docs, ["--to", "2", "--catalog", "/catalog/catalog.jsonl"],
+                      name="rollout-v2")
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False  # DNS finds the replicas: no RBAC
@@ -554,8 +557,8 @@ def test_ci_runs_on_debian_12_where_triton_and_podman_work():
 def test_the_images_job_builds_every_dockerfile_readme_lists():
     ci = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
     built = set(ci["jobs"]["images"]["strategy"]["matrix"]["image"])
-    readme = (ROOT / "README.md").read_text()
-    listed = set(re.findall(r"`docker/([\w-]+)\.Dockerfile`", readme))
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    listed = set(re.findall(r"`docker/([\w-]+)\.Dockerfile`", operations))
     assert built == listed == {p.name.removesuffix(".Dockerfile") for p in DOCKERFILES}
 
 

@@ -196,3 +196,39 @@ def test_a_head_is_exported_with_the_crop_of_the_version_it_was_trained_from(tmp
     with pytest.raises(ExportError, match="does not hold"):
         crop_for("7")
     assert _default_crop(argparse.Namespace(head=None, repository=repository)) == 1.0
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("cpu", ("image_embedding",)),
+    ("gpu-onnx", ("image_encoder", "image_embedding")),
+    ("gpu-tensorrt", ("image_encoder", "image_embedding")),
+])
+def test_a_replica_loads_only_what_its_serving_path_calls(target, expected, tmp_path):
+    """The rollout (serving_models), the images' start script and their readiness check decide
+    alike from the repository: on the cpu target image_embedding runs its encoder itself."""
+    import importlib.util
+    import os
+
+    repo.write_config(tmp_path, repo.pipeline_config(repo.ServingOptions(), target), serve=[1])
+    assert repo.serving_models(tmp_path) == expected
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("ready", root / "docker/triton/ready.py")
+    assert spec is not None and spec.loader is not None
+    ready = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ready)
+    assert ready.models(tmp_path) == expected
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tritonserver").write_text('#!/bin/sh\necho "$@"\n')
+    (fake / "tritonserver").chmod(0o755)
+    out = subprocess.run(
+        ["sh", str(root / "docker/triton/start.sh"), f"--model-repository={tmp_path}"],
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}",
+             "TRITON_ADMIN_KEY": "k"}, capture_output=True, text=True, timeout=30, check=True)
+    loaded = tuple(a.removeprefix("--load-model=") for a in out.stdout.split()
+                   if a.startswith("--load-model="))
+    assert loaded == expected
+
+
+def test_a_repository_without_configs_yet_loads_every_model(tmp_path):
+    assert repo.serving_models(tmp_path) == repo.MODELS

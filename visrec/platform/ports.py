@@ -72,6 +72,13 @@ class CatalogReads(Protocol):
         """``search`` for several query vectors in one round trip."""
         ...
 
+    async def neighbours(self, index: IndexInfo, item_id: str, k: int,
+                         conditions: Sequence[Condition]) -> list[ScoredItem] | None:
+        """``search`` by the stored vector of ``item_id`` (the item itself may be among the
+        hits); None when the index does not hold it. One call of the adapter: the lookup and
+        the search do not pay two hand-offs to the client library's thread."""
+        ...
+
     async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]: ...
 
     async def sample_items(

@@ -62,6 +62,9 @@ class MilvusConnection:
         self._in_flight = 0
         self._loaded: set[str] = set()
         self._created: set[str] = set()
+        # Collections seen to exist (reads skip has_collection for them); forgotten with the
+        # loaded ones when a restarted server released them.
+        self.known: set[str] = set()
 
     @property
     def timeout(self) -> float:
@@ -132,6 +135,7 @@ class MilvusConnection:
     def forget_collections(self) -> None:
         self._loaded.clear()
         self._created.clear()
+        self.known.clear()
 
     def ensure_loaded(self, c: Any, collection: str) -> None:
         if collection not in self._loaded:

@@ -25,10 +25,27 @@ def read_meta(db: MilvusConnection, c: Any, key: str) -> dict[str, Any] | None:
 
 
 def read_active_index(db: MilvusConnection, c: Any) -> IndexInfo | None:
-    pointer = read_meta(db, c, schema.POINTER_KEY)
+    """The index the pointer names: one Strong query for the pointer and every index record
+    (a handful of rows) once the metadata collection is known to exist."""
+    if schema.META_COLLECTION not in db.known:
+        if not c.has_collection(schema.META_COLLECTION, timeout=db.timeout):
+            return None
+        db.ensure_loaded(c, schema.META_COLLECTION)
+        db.known.add(schema.META_COLLECTION)
+    try:
+        rows = c.query(schema.META_COLLECTION,
+                       filter=f"id == {quote(schema.POINTER_KEY)} or "
+                              f'id like "{schema.index_key("")}%"',
+                       output_fields=["id", "value"], consistency_level="Strong",
+                       timeout=db.timeout)
+    except Exception:
+        db.known.discard(schema.META_COLLECTION)  # dropped? ask again next time
+        raise
+    records = {r["id"]: schema.meta_value(r) for r in rows}
+    pointer = records.get(schema.POINTER_KEY)
     if pointer is None:
         return None
-    record = read_meta(db, c, schema.index_key(pointer["collection"]))
+    record = records.get(schema.index_key(pointer["collection"]))
     if record is None:
         raise BackendUnavailable(
             f"the active pointer names {pointer['collection']}, which has no index record")
@@ -98,6 +115,28 @@ class MilvusServingStore:
 
         return {r["id"]: schema.item_from_row(r) for r in await self._db.run(call)}
 
+    async def neighbours(self, index: IndexInfo, item_id: str, k: int,
+                         conditions: Sequence[Condition]) -> list[ScoredItem] | None:
+        expr = compile_filter(conditions)
+
+        def call(c: Any) -> list[Any] | None:
+            rows = c.query(index.collection, filter=in_ids([item_id]), output_fields=["vector"],
+                           consistency_level=READS, timeout=self._db.timeout)
+            if not rows:
+                return None
+            vector = np.asarray(rows[0]["vector"], dtype=np.float32)
+            result: list[Any] = c.search(
+                index.collection, data=[vector], anns_field="vector", limit=k, filter=expr,
+                output_fields=schema.ITEM_FIELDS, search_params=schema.search_params(k),
+                consistency_level=READS, timeout=self._db.timeout)
+            return result
+
+        found = await self._db.run(call)
+        if found is None:
+            return None
+        return [ScoredItem(schema.item_from_row(h["entity"], h["id"]), float(h["distance"]))
+                for h in found[0]]
+
     async def search(self, index: IndexInfo, vector: np.ndarray, k: int,
                      conditions: Sequence[Condition], *,
                      with_vectors: bool = False) -> list[ScoredItem]:
@@ -109,7 +148,7 @@ class MilvusServingStore:
                           with_vectors: bool = False) -> list[list[ScoredItem]]:
         expr = compile_filter(conditions)
         fields = [*schema.ITEM_FIELDS, "vector"] if with_vectors else schema.ITEM_FIELDS
-        data = [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+        data = [np.asarray(v, dtype=np.float32) for v in vectors]
 
         def call(c: Any) -> list[Any]:
             result: list[Any] = c.search(
