@@ -238,6 +238,18 @@ async def test_the_direct_baseline_sends_the_gateways_own_milvus_calls():
         async def run(self, fn, *args, **kwargs):
             return fn(self.client, *args, **kwargs)
 
+        async def read(self, fn):  # the asyncio client's calls, recorded alike
+            recorder = self.client
+
+            class Async:
+                async def query(self, collection, **kw):
+                    return recorder.query(collection, **kw)
+
+                async def search(self, collection, **kw):
+                    return recorder.search(collection, **kw)
+
+            return await fn(Async(), self.timeout)
+
     gateway = _Recorder()
     store = MilvusServingStore(Db(gateway))  # type: ignore[arg-type]
     index = IndexInfo("items_v1", "1", 2, {}, 8)

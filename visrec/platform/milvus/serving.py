@@ -93,45 +93,38 @@ class MilvusServingStore:
 
         return await self._db.run(call)
 
+    # The request path's reads: pymilvus' asyncio client, in the caller's loop (``read``).
     async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
         # Not MilvusClient.get(): it quotes string ids without escaping them.
-        def call(c: Any) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = c.query(index.collection, filter=in_ids(ids),
-                                                 output_fields=["id", "vector"],
-                                                 consistency_level=READS,
-                                                 timeout=self._db.timeout)
-            return rows
-
-        rows = await self._db.run(call)
+        rows = await self._db.read(lambda c, timeout: c.query(
+            index.collection, filter=in_ids(ids), output_fields=["id", "vector"],
+            consistency_level=READS, timeout=timeout))
         return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]:
-        def call(c: Any) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = c.query(index.collection, filter=in_ids(ids),
-                                                 output_fields=schema.ITEM_FIELDS,
-                                                 consistency_level=READS,
-                                                 timeout=self._db.timeout)
-            return rows
-
-        return {r["id"]: schema.item_from_row(r) for r in await self._db.run(call)}
+        rows = await self._db.read(lambda c, timeout: c.query(
+            index.collection, filter=in_ids(ids), output_fields=schema.ITEM_FIELDS,
+            consistency_level=READS, timeout=timeout))
+        return {r["id"]: schema.item_from_row(r) for r in rows}
 
     async def neighbours(self, index: IndexInfo, item_id: str, k: int,
                          conditions: Sequence[Condition]) -> list[ScoredItem] | None:
         expr = compile_filter(conditions)
 
-        def call(c: Any) -> list[Any] | None:
-            rows = c.query(index.collection, filter=in_ids([item_id]), output_fields=["vector"],
-                           consistency_level=READS, timeout=self._db.timeout)
+        async def call(c: Any, seconds: float) -> list[Any] | None:
+            rows = await c.query(index.collection, filter=in_ids([item_id]),
+                                 output_fields=["vector"], consistency_level=READS,
+                                 timeout=seconds)
             if not rows:
                 return None
             vector = np.asarray(rows[0]["vector"], dtype=np.float32)
-            result: list[Any] = c.search(
+            result: list[Any] = await c.search(
                 index.collection, data=[vector], anns_field="vector", limit=k, filter=expr,
                 output_fields=schema.ITEM_FIELDS, search_params=schema.search_params(k),
                 consistency_level=READS, timeout=self._db.timeout)
             return result
 
-        found = await self._db.run(call)
+        found = await self._db.read(call)
         if found is None:
             return None
         return [ScoredItem(schema.item_from_row(h["entity"], h["id"]), float(h["distance"]))
@@ -149,21 +142,16 @@ class MilvusServingStore:
         expr = compile_filter(conditions)
         fields = [*schema.ITEM_FIELDS, "vector"] if with_vectors else schema.ITEM_FIELDS
         data = [np.asarray(v, dtype=np.float32) for v in vectors]
-
-        def call(c: Any) -> list[Any]:
-            result: list[Any] = c.search(
-                index.collection, data=data, anns_field="vector", limit=k, filter=expr,
-                output_fields=fields, search_params=schema.search_params(k),
-                consistency_level=READS, timeout=self._db.timeout,
-            )
-            return result
-
+        found = await self._db.read(lambda c, timeout: c.search(
+            index.collection, data=data, anns_field="vector", limit=k, filter=expr,
+            output_fields=fields, search_params=schema.search_params(k),
+            consistency_level=READS, timeout=timeout))
         return [
             [ScoredItem(schema.item_from_row(h["entity"], h["id"]), float(h["distance"]),
                         np.asarray(h["entity"]["vector"], dtype=np.float32) if with_vectors
                         else None)
              for h in hits]
-            for hits in await self._db.run(call)
+            for hits in found
         ]
 
     async def sample_items(self, index: IndexInfo, conditions: Sequence[Condition],
