@@ -140,7 +140,7 @@ def _embed_then(triton_url: str, images: Sequence[bytes], seconds: float, model_
 
 
 def embed_direct(triton_url: str, images: Sequence[bytes], seconds: float,
-                 model_version: str = "1") -> dict[str, Any]:
+                 model_version: str) -> dict[str, Any]:
     """Triton's bytes -> vector through the gateway's own Triton client, one image after
     another (what SearchByImage's embed stage waits for, without the gateway)."""
     latencies = _embed_then(triton_url, images, seconds, model_version)[0]
@@ -148,7 +148,7 @@ def embed_direct(triton_url: str, images: Sequence[bytes], seconds: float,
 
 
 def search_by_image_direct(triton_url: str, uri: str, collection: str, images: Sequence[bytes],
-                           k: int, seconds: float, model_version: str = "1") -> dict[str, Any]:
+                           k: int, seconds: float, model_version: str) -> dict[str, Any]:
     """SearchByImage's work without the gateway: embed the photo in Triton (the gateway's own
     Triton client), then the same Milvus search, back to back, one request after another."""
     from pymilvus import MilvusClient

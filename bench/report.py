@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import paired
+from bench.stats import median
 
 TARGETS = [
     ("Triton image_encoder >= 0.85 x in-process ONNX Runtime (best batch and layout)", 0.85),
@@ -267,6 +268,8 @@ def write(data: dict[str, Any], out: Path) -> Path:
                   f"{u['items_per_s']:.1f} items/s (stream p50 {u['p50_ms']:.0f} ms, "
                   f"{u['errors']} errors); visrec-ingest into the same Milvus server: "
                   f"{_fmt(b.get('images_per_s', float('nan')))} images/s."]
+    if "compare" in data:
+        lines += _compare(data["compare"])
     if "scale" in data:
         lines += ["", "## ANN at scale", "",
                   "Data: see bench/scale.py; similarity = median cosine of a query's exact 1st "
@@ -288,6 +291,26 @@ def write(data: dict[str, Any], out: Path) -> Path:
     path.write_text("\n".join(lines) + "\n")
     _plots(data, out)
     return path
+
+
+def _compare(c: dict[str, Any]) -> list[str]:
+    """This checkout's gateway beside the baseline's, from interleaved rounds."""
+    lines = ["", f"## Side by side with {c['baseline']} ({c['baseline_commit'][:10]})", "",
+             f"The same Triton, Milvus server and collection; {c['rounds']} interleaved rounds of "
+             f"{c['seconds']:g} s each per gateway. Gateway CPU = CPU ms of the gateway process "
+             "per request (warm-up included); each ratio is the median of the rounds' own "
+             "ratios (change / baseline).", "",
+             "| RPC | in flight | gateway CPU ms: change / baseline | CPU ratio | p50 ms: change "
+             "/ baseline | req/s: change / baseline | throughput ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in c["rows"]:
+        ch, base = r["change"], r["baseline"]
+        lines.append(
+            f"| {r['rpc']} | {r['concurrency']} | {median(ch['cpu_ms']):.2f} / "
+            f"{median(base['cpu_ms']):.2f} | {r['cpu_ratio']:.2f} | "
+            f"{median(ch['p50_ms']):.1f} / {median(base['p50_ms']):.1f} | "
+            f"{median(ch['rps']):.0f} / {median(base['rps']):.0f} | {r['rps_ratio']:.2f} |")
+    return lines
 
 
 def _plots(data: dict[str, Any], out: Path) -> None:

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from bench import perf
-from bench.__main__ import ROOT, _wait_healthy
+from bench.stack import ROOT, wait_healthy
 from bench.stats import percentiles
 from visrec.local.demo_catalog import build_catalog
 from visrec.local.milvus_server import free_port
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                "VISREC_LOG_LEVEL": "WARNING"}
         gateway = subprocess.Popen([str(Path(sys.executable).parent / "visrec-gateway")],
                                    env=env)
-        _wait_healthy(address)
+        wait_healthy(address)
         item_ids = [json.loads(line)["id"] for line in catalog.read_text().splitlines()]
         assert triton.process is not None
         gateway_pid, triton_pid = gateway.pid, triton.process.pid

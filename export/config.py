@@ -45,7 +45,10 @@ class JobsConfig(MilvusSettings, TritonSettings, LogSettings):
     job_triton_timeout_s: float = setting(
         300.0, "deadline of one Triton call of a job (a model load, a batch of images)")
     model_repository: str = setting("model_repository", "the Triton model repository")
-    catalog: str = setting("data/catalog/emoji.jsonl", "the catalog file (JSONL) to ingest")
+    catalog: str = setting(
+        "data/catalog/emoji.jsonl", "the catalog, JSONL: one object per item with id, image (a "
+        "path relative to the file), name, category, subcategory; other keys become filterable "
+        "attributes. Ingest embeds it; train and evaluate read its groups for --group-by")
     artifacts_dir: str = setting("artifacts", "where training writes heads and reports")
 
     def __post_init__(self) -> None:
@@ -106,6 +109,7 @@ class JobsConfig(MilvusSettings, TritonSettings, LogSettings):
 SERVICE_FLAGS = ("milvus_uri", "milvus_token", "milvus_index_type")
 FLEET_FLAGS = ("triton_replicas", "model_repository")
 FLAG_NAMES = {"model_repository": "--repository"}  # shorter than the variable's name
+FLAG_TYPES: dict[str, type] = {"catalog": Path}
 
 
 def add_setting_flags(p: argparse.ArgumentParser, config: JobsConfig,
@@ -116,7 +120,8 @@ def add_setting_flags(p: argparse.ArgumentParser, config: JobsConfig,
     for name in names:
         text = declared[name].metadata.get("help", "")
         flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-        p.add_argument(flag, dest=name, default=getattr(config, name),
+        kind = FLAG_TYPES.get(name, str)
+        p.add_argument(flag, dest=name, type=kind, default=kind(getattr(config, name)),
                        help=f"{text} ({env_name(name)})".replace("%", "%%"))
 
 
@@ -133,6 +138,7 @@ def add_fleet_arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
 
 def with_arguments(config: JobsConfig, args: argparse.Namespace) -> JobsConfig:
     """The configuration with the setting flags' values."""
-    changes = {name: getattr(args, name) for name in (*SERVICE_FLAGS, "triton_url", *FLEET_FLAGS)
+    changes = {name: getattr(args, name) for name in
+               (*SERVICE_FLAGS, "triton_url", *FLEET_FLAGS, "catalog")
                if getattr(args, name, None) is not None}
     return dataclasses.replace(config, **changes)

@@ -2,7 +2,8 @@
 
 A job declares its flags and its work; ``Job.main`` does the rest the same way for all of them:
 
-- configuration from ``VISREC_*`` (``JobsConfig``), read once; a bad value stops start-up;
+- configuration from ``VISREC_*`` (``JobsConfig``), read once, the setting flags' values on
+  top (``with_arguments``); a bad value stops start-up;
 - exit codes: 0 done, 1 failed, 2 bad usage (invalid flags or settings, or an input file named by
   a flag missing before any work starts), 130 interrupted;
 - logs in one format (``visrec.platform.logs``): JSON lines where a machine reads them, readable
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visrec.export.config import JobsConfig
+from visrec.export.config import JobsConfig, with_arguments
 from visrec.export.errors import ExportError, UsageError
 from visrec.export.indexing.catalog_file import CatalogFormatError
 from visrec.platform import logs
@@ -94,8 +95,9 @@ class Job:
             return EXIT_USAGE
         logs.configure("WARNING" if getattr(args, "quiet", False) else config.log_level,
                        config.log_format)
+        logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its own retries are noise here
         try:
-            code = self.run(args, config)
+            code = self.run(args, with_arguments(config, args))
         except UsageError as e:
             log.error("%s: error: %s", self.prog, e)
             return EXIT_USAGE

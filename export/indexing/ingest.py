@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.config import (
+    JobsConfig,
+    add_service_arguments,
+    add_setting_flags,
+)
 from visrec.export.errors import UsageError
 from visrec.export.indexing.catalog_file import CatalogFormatError, CatalogRow, read_catalog
 from visrec.export.indexing.online_changes import ChangesReport, catch_up
@@ -212,10 +216,7 @@ async def wait_for_version(embedder: Embedder, seconds: float, poll_s: float = 5
 
 
 def _arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
-    p.add_argument("--catalog", type=Path, default=config.catalog_path,
-                   help="JSONL: one object per item with id, image (path relative to the file), "
-                        "name, category, subcategory; other keys become filterable attributes "
-                        "(VISREC_CATALOG; build the demo one with visrec-catalog)")
+    add_setting_flags(p, config, ("catalog",))
     add_service_arguments(p, config)
     p.add_argument("--model-version", default=None,
                    help="image_encoder version to embed with (default: the one Triton serves)")
@@ -233,8 +234,6 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, config: JobsConfig) -> int:
-    config = with_arguments(config, args)
-    logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
     async def run() -> IngestReport:
         db = config.milvus()

@@ -33,7 +33,6 @@ from visrec.export.config import (
     JobsConfig,
     add_fleet_arguments,
     add_service_arguments,
-    with_arguments,
 )
 from visrec.export.errors import UsageError
 from visrec.export.indexing.ingest import IngestReport, ingest
@@ -320,8 +319,6 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, config: JobsConfig) -> int:
-    config = with_arguments(config, args)
-    logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
     async def run() -> int:
         db = config.milvus()

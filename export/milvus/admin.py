@@ -114,7 +114,8 @@ class MilvusIndexAdmin:
         self._put_meta(schema.POINTER_KEY, schema.pointer_record(collection))
 
     def point_alias(self, alias: str, collection: str) -> bool:
-        """Move (or create) a Milvus alias; False where aliases do not exist (Milvus Lite)."""
+        """Move (or create) a Milvus alias; False where aliases do not exist (Milvus Lite
+        answers UNIMPLEMENTED)."""
         def call(c: Any) -> bool:
             from pymilvus.exceptions import MilvusException
 
@@ -129,12 +130,8 @@ class MilvusIndexAdmin:
                 except MilvusException:
                     c.create_alias(collection, alias, timeout=self._db.timeout)
                 return True
-            except MilvusException as e:
-                if "unimplemented" in str(e).lower() or getattr(e, "code", None) == 1:
-                    return False
-                raise
-            except Exception as e:  # Milvus Lite answers UNIMPLEMENTED at the gRPC level
-                if "UNIMPLEMENTED" in str(e):
+            except Exception as e:
+                if _unimplemented(e):
                     return False
                 raise
 
@@ -167,3 +164,14 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+def _unimplemented(error: BaseException) -> bool:
+    """The server does not have this call (by gRPC status code, however pymilvus wraps it)."""
+    import grpc
+
+    for e in (error, error.__cause__):
+        if isinstance(e, grpc.RpcError) and callable(getattr(e, "code", None)) \
+                and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return True
+    return False

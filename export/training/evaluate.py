@@ -27,7 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.config import (
+    JobsConfig,
+    add_service_arguments,
+    add_setting_flags,
+)
 from visrec.export.errors import UsageError
 from visrec.export.job import Job, progress_bar
 from visrec.export.ports import Database
@@ -216,8 +220,7 @@ def _arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
     p.add_argument("--source-field", default="vendor",
                    help="with --group-by: the catalog field saying where a picture comes from; "
                         "each source's pictures query every other source's")
-    p.add_argument("--catalog", type=Path, default=config.catalog_path,
-                   help="the catalog (VISREC_CATALOG), read for --group-by")
+    add_setting_flags(p, config, ("catalog",))
     p.add_argument("--json", type=Path, default=None, help="also write the scores here")
 
 
@@ -229,7 +232,6 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, config: JobsConfig) -> int:
-    config = with_arguments(config, args)
     progress = not args.quiet
 
     async def run() -> tuple[list[Score], list[CrossSourceScore], str | None]:

@@ -33,7 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from visrec.export.config import JobsConfig, add_service_arguments, with_arguments
+from visrec.export.config import (
+    JobsConfig,
+    add_service_arguments,
+    add_setting_flags,
+    with_arguments,
+)
 from visrec.export.errors import ExportError, UsageError
 from visrec.export.job import Job, progress_bar
 from visrec.export.training.data import load_training_data, with_groups
@@ -241,8 +246,7 @@ def _arguments(p: argparse.ArgumentParser, config: JobsConfig) -> None:
     p.add_argument("--catalog-only", action="store_true",
                    help="with --group-by: learn from the catalog's groups alone, no "
                         "interactions (an epoch is one pass over the catalog pairs)")
-    p.add_argument("--catalog", type=Path, default=config.catalog_path,
-                   help="the catalog (VISREC_CATALOG), read for --group-by")
+    add_setting_flags(p, config, ("catalog",))
     d = TrainConfig()
     p.add_argument("--dim", type=int, default=d.dim, help="embedding size of the new version")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the pairs")

@@ -49,7 +49,7 @@ def test_the_gateway_wheel_installs_clean_and_serves(tmp_path):
          "."], cwd=ROOT)
     [wheel] = list((tmp_path / "w").glob("visrec-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "visrec/gateway/_pb/visrec/v1/recommender_pb2.py" in names
+    assert "visrec/platform/_pb/visrec/v1/recommender_pb2.py" in names
     assert "visrec/export/triton_backends/preprocess_model.py" in names
     assert "visrec/local/storefront/static/index.html" in names
     # One import namespace: nothing but visrec/ (and the wheel's own metadata) at the top.

@@ -104,9 +104,9 @@ def test_train_and_evaluate_without_data_say_what_is_missing(tmp_path):
     train = subprocess.run([str(bin_dir / "visrec-train"), "--milvus-uri", db, "--out",
                             str(tmp_path / "out"), "-q"],
                            capture_output=True, text=True, timeout=120, check=False)
-    assert train.returncode == 2, train.stderr
+    assert train.returncode == 1, train.stderr  # failed (1), not bad usage (2)
     assert "no index is served yet" in train.stderr
     evaluate_cli = subprocess.run([str(bin_dir / "visrec-evaluate"), "1", "2", "--milvus-uri",
                                    db], capture_output=True, text=True, timeout=120, check=False)
-    assert evaluate_cli.returncode == 2, evaluate_cli.stderr
+    assert evaluate_cli.returncode == 1, evaluate_cli.stderr
     assert "no index for model version 1" in evaluate_cli.stderr

@@ -261,3 +261,29 @@ async def test_the_direct_baseline_sends_the_gateways_own_milvus_calls():
     assert baseline.calls == [(op, c, {k: v for k, v in kw.items() if k != "timeout"})
                               for op, c, kw in gateway.calls]
     assert [op for op, *_ in baseline.calls] == ["query", "search"]
+
+
+def test_the_side_by_side_report_shows_each_rpc_and_the_ratios(tmp_path):
+    row = {"rpc": "SimilarItems", "concurrency": 16, "cpu_ratio": 0.7, "rps_ratio": 1.3,
+           "change": {"cpu_ms": [4.0, 4.2, 3.9], "p50_ms": [90.0, 95.0, 92.0],
+                      "rps": [170.0, 175.0, 172.0]},
+           "baseline": {"cpu_ms": [6.0, 5.9, 6.1], "p50_ms": [140.0, 150.0, 145.0],
+                        "rps": [110.0, 112.0, 108.0]}}
+    data = {"compare": {"baseline": "main", "baseline_commit": "f92aea1" * 5, "seconds": 6.0,
+                        "rounds": 3, "rows": [row]}}
+    text = report.write(data, tmp_path).read_text()
+    assert "## Side by side with main (f92aea1f92)" in text
+    assert "| SimilarItems | 16 | 4.00 / 6.00 | 0.70 | 92.0 / 145.0 | 172 / 110 | 1.30 |" in text
+
+
+def test_every_stage_is_a_function_of_the_table_and_compare_needs_a_baseline(capsys):
+    from bench.__main__ import main
+    from bench.runs import DEFAULT, STAGES
+
+    assert set(DEFAULT) < set(STAGES) and "compare" in STAGES and "compare" not in DEFAULT
+    with pytest.raises(SystemExit) as exit_:
+        main(["--only", "compare"])
+    assert exit_.value.code == 2 and "needs --baseline" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--only", "nope"])
+    assert "unknown stage(s) nope" in capsys.readouterr().err

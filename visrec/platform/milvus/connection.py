@@ -102,23 +102,8 @@ class MilvusConnection:
         with self._idle:
             self._in_flight += 1
         try:
-            try:
-                client = self._connect()
-            except Exception as e:  # whatever opening fails with (Lite: RuntimeError), by where
-                raise BackendUnavailable(f"Milvus ({self.uri}) unreachable: {e}") from e
-            return fn(client, *args, **kwargs)
-        except VisrecError:
-            raise
-        except Exception as e:
-            error = translate(e, self.uri)
-            if error is None:
-                raise
-            if isinstance(error, CollectionReleased):
-                # A restarted server comes back with its collections released and loads them
-                # itself (~25 s on 2.3.5); forget ours so a collection it does not reload is
-                # loaded by the next call.
-                self.forget_collections()
-            raise error from e
+            with self._translated():
+                return fn(self._opened(self._connect), *args, **kwargs)
         finally:
             with self._idle:
                 self._in_flight -= 1
@@ -143,16 +128,21 @@ class MilvusConnection:
         """``await fn(async_client, timeout)`` in this event loop, within the call's deadline,
         library errors translated (the serving reads)."""
         timeout = self.timeout
-        try:
+        with self._translated():  # the deadline's TimeoutError too: BackendTimeout
             async with asyncio.timeout(timeout):
-                try:
-                    client = self._async_client()
-                except Exception as e:  # whatever opening fails with, by where
-                    raise BackendUnavailable(f"Milvus ({self.uri}) unreachable: {e}") from e
-                return await fn(client, timeout)
-        except TimeoutError as e:
-            raise BackendTimeout(f"Milvus ({self.uri}) did not answer within "
-                                 f"{timeout:.1f}s") from e
+                return await fn(self._opened(self._async_client), timeout)
+
+    def _opened(self, connect: Callable[[], Any]) -> Any:
+        try:
+            return connect()
+        except Exception as e:  # whatever opening fails with (Lite: RuntimeError), by where
+            raise BackendUnavailable(f"Milvus ({self.uri}) unreachable: {e}") from e
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Library errors raised inside become the service's (``translate``)."""
+        try:
+            yield
         except VisrecError:
             raise
         except Exception as e:
@@ -160,6 +150,9 @@ class MilvusConnection:
             if error is None:
                 raise
             if isinstance(error, CollectionReleased):
+                # A restarted server comes back with its collections released and loads them
+                # itself (~25 s on 2.3.5); forget ours so a collection it does not reload is
+                # loaded by the next call.
                 self.forget_collections()
             raise error from e
 
@@ -250,6 +243,8 @@ def translate(error: Exception, uri: str) -> VisrecError | None:
     from pymilvus.exceptions import MilvusException
 
     where = f"Milvus ({uri})"
+    if isinstance(error, TimeoutError):  # before OSError, of which it is a subclass
+        return BackendTimeout(f"{where} did not answer in time")
     cause = error.__cause__
     if isinstance(error, MilvusException) and isinstance(cause, grpc.RpcError):
         error = cause  # pymilvus' retries gave up: the last transport error says why
