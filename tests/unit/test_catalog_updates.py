@@ -85,7 +85,8 @@ async def test_the_same_stream_twice_leaves_the_same_catalog():
     (upsert("str", b"", added_in="x"), "'added_in' must be a number"),
     (upsert("undeclared", b"", colour="red"), "'colour' is not one the catalog declares"),
     (upsert("noimage", b""), "item #1 ('noimage'): image is empty"),
-    (upsert("notimage", b"GIF89a-not-really"), "item #1 ('notimage')"),
+    (upsert("notimage", b"GIF89a-not-really"),
+     "item #1 ('notimage'): image is not in a recognised format"),
     (upsert("db!", b""), "item #1 ('db!'): the fake refuses ids with '!'"),
 ])
 async def test_one_bad_item_refuses_the_whole_stream(bad, message):

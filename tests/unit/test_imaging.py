@@ -56,9 +56,17 @@ def test_exif_orientation_is_applied():
 
 
 def test_small_images_are_padded_like_torchvision():
-    px = imaging.to_pixels(Image.new("RGB", (10, 300), (255, 255, 255)),
-                           **{**SPEC, "resize_shorter": 100})
-    assert px.shape == (3, 224, 224)
+    """A crop larger than the resized image: black borders where torchvision's CenterCrop puts
+    them (an odd margin too), every pixel equal."""
+    from torchvision import transforms as T
+
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 10, 3), np.uint8))
+    ours = imaging.to_pixels(img, **{**SPEC, "resize_shorter": 101})
+    theirs = T.Compose([T.Resize(101, interpolation=T.InterpolationMode.BICUBIC),
+                        T.CenterCrop(224), T.ToTensor(),
+                        T.Normalize(SPEC["mean"], SPEC["std"])])(img).numpy()
+    assert ours.shape == theirs.shape == (3, 224, 224)
+    assert np.abs(ours - theirs).max() < 1e-5
 
 
 @pytest.mark.parametrize("data, message", [

@@ -278,7 +278,8 @@ def test_bad_security_settings_are_configuration_errors(tmp_path):
     (tmp_path / "tokens").write_text("# rotated monthly\n\n")
     with pytest.raises(SecurityConfigError, match="holds no token"):
         load_tokens("", str(tmp_path / "tokens"))
-    (tmp_path / "tokens").write_text(f"# rotated monthly\n{TOKEN}\n")
+    (tmp_path / "tokens").write_text(f"# rotated monthly\n{TOKEN}\n")  # a plain token reads
+    assert load_tokens("", str(tmp_path / "tokens")) == (Token(TOKEN.encode(), can_write=False),)
     (tmp_path / "tokens").write_text(f"# rotated monthly\nwrite:{TOKEN}\n")
     assert load_tokens(OTHER, str(tmp_path / "tokens")) == (
         Token(OTHER.encode(), can_write=False), Token(TOKEN.encode(), can_write=True))
