@@ -12,6 +12,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import photo
+from tests.timing import Stopwatch, refilled
 from tests.unit.fakes import FakeChangeLog, FakeEmbedder, FakeItemWriter, InMemoryStore
 from tests.unit.test_recommender_core import INDEX, _items
 from visrec.gateway.api.security import SecurityConfigError, Token, TokenBuckets, load_tokens
@@ -91,10 +92,13 @@ async def test_rate_limit_is_per_client_and_says_when_to_retry(guarded):
     async with grpc.aio.insecure_channel(guarded) as channel:
         stub = pb_grpc.RecommenderStub(channel)
         await asyncio.sleep(1.2)  # buckets refilled after the other tests
-        results = await asyncio.gather(*(_similar(stub) for _ in range(12)),
-                                       return_exceptions=True)
+        with Stopwatch() as watch:
+            results = await asyncio.gather(*(_similar(stub) for _ in range(12)),
+                                           return_exceptions=True)
         refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-        assert 5 <= 12 - len(refused) <= 7  # the burst (plus what refilled meanwhile)
+        # the burst, plus what refilled while the 12 were admitted (measured: a loaded runner
+        # admits them slower and refills more)
+        assert 5 <= 12 - len(refused) <= 5 + refilled(watch.s, 5), (len(refused), watch.s)
         assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
         assert "rate limit of 5 requests/s exceeded" in refused[0].details()
         retry = dict(refused[0].trailing_metadata())["retry-after-ms"]
@@ -112,10 +116,11 @@ async def test_a_made_up_token_is_no_identity_for_the_rate_limit():
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
             stub = pb_grpc.RecommenderStub(channel)
-            results = await asyncio.gather(*(_similar(stub, f"made-up-token-{n:08d}")
-                                             for n in range(30)), return_exceptions=True)
+            with Stopwatch() as watch:
+                results = await asyncio.gather(*(_similar(stub, f"made-up-token-{n:08d}")
+                                                 for n in range(30)), return_exceptions=True)
         served = [r for r in results if not isinstance(r, BaseException)]
-        assert 5 <= len(served) <= 7, len(served)
+        assert 5 <= len(served) <= 5 + refilled(watch.s, 5), (len(served), watch.s)
         assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in results
                    if isinstance(r, grpc.aio.AioRpcError))
     finally:
