@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -532,10 +533,27 @@ def test_workflows_validate_against_the_github_schema(path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_ci_runs_the_readme_test_command_and_cd_gates_production():
+def test_ci_jobs_run_the_readme_scripts_and_together_cover_every_test():
+    """CI's parallel jobs are what ./scripts/test runs (scripts/lint, then scripts/pytest), split
+    by folder: every folder of tests/ in exactly one job, and the README's command calls both."""
+    assert "./scripts/test" in (ROOT / "README.md").read_text()
+    test = (ROOT / "scripts/test").read_text()
+    assert "./scripts/lint" in test and "exec ./scripts/pytest" in test
     ci = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
-    steps = [s.get("run", "") for s in ci["jobs"]["test"]["steps"]]
-    assert any(s.startswith("./scripts/test") for s in steps)
+    assert [s["run"] for s in ci["jobs"]["lint"]["steps"] if "run" in s][-1] == "./scripts/lint"
+    job = ci["jobs"]["test"]
+    runs = [s["run"] for s in job["steps"] if s.get("run", "").startswith("./scripts/pytest")]
+    assert len(runs) == 1 and runs[0].endswith("${{ matrix.paths }}")
+    covered = [path for entry in job["strategy"]["matrix"]["include"]
+               for path in entry["paths"].split()]
+    suites = sorted(f"tests/{d.name}" for d in (ROOT / "tests").iterdir()
+                    if d.is_dir() and any(d.glob("test_*.py")))
+    assert sorted(covered) == suites, (covered, suites)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert sorted(pyproject["tool"]["pytest"]["ini_options"]["testpaths"]) == suites
+
+
+def test_cd_gates_production():
     cd = yaml.safe_load((ROOT / ".github/workflows/cd.yml").read_text())
     uses = [s.get("uses", "") for s in cd["jobs"]["images"]["steps"]]
     assert any(u.startswith("docker/build-push-action@") for u in uses)
