@@ -1,6 +1,7 @@
 """Wait until the model repository holds what Triton must load (stdlib only: runs in the Triton
-images, e.g. as a Kubernetes init container): for each of preprocess, image_encoder and
-image_embedding, a config.pbtxt and the folder of every version it lists to serve. Exits 1 after
+images, e.g. as a Kubernetes init container): for each model the replica loads (ready.models:
+image_embedding, and on a GPU the image_encoder it calls), a config.pbtxt and the folder of every
+version it lists to serve. Exits 1 after
 --timeout seconds, naming what is missing, so a first deployment waits for the export job
 instead of starting Triton on an empty repository (which in explicit mode would serve nothing
 until restarted)."""
@@ -10,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from ready import MODELS, listed
+from ready import listed, models
 
 
 def missing(repository: Path) -> list[str]:
     out = []
-    for model in MODELS:
+    for model in models(repository):
         folder = repository / model
         if not (folder / "config.pbtxt").is_file():
             out.append(f"{model}/config.pbtxt")

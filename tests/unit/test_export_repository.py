@@ -228,6 +228,22 @@ def test_a_replica_loads_only_what_its_serving_path_calls(target, expected, tmp_
     loaded = tuple(a.removeprefix("--load-model=") for a in out.stdout.split()
                    if a.startswith("--load-model="))
     assert loaded == expected
+    # the init container waits for exactly those models' configs and listed versions
+    wait = [sys.executable, str(root / "docker/triton/wait_for_repository.py"), str(tmp_path),
+            "--timeout", "0"]
+    lacking = subprocess.run(wait, capture_output=True, text=True, timeout=30, check=False)
+    assert lacking.returncode == 1, lacking.stderr
+    named = {m.split("/")[0].split(":")[0]
+             for m in lacking.stderr.split("lacks ")[1].split(" after")[0].split(", ")}
+    assert named <= set(expected) and "image_embedding" in named, lacking.stderr
+    for model in expected:
+        (tmp_path / model / "1").mkdir(parents=True, exist_ok=True)
+        config = tmp_path / model / "config.pbtxt"
+        text = config.read_text() if config.exists() else ""
+        if "specific" not in text:  # what the export writes for a model it serves
+            config.write_text(text + "version_policy: { specific: { versions: [1] } }\n")
+    complete = subprocess.run(wait, capture_output=True, text=True, timeout=30, check=False)
+    assert complete.returncode == 0, complete.stderr
 
 
 def test_a_repository_without_configs_yet_loads_every_model(tmp_path):
