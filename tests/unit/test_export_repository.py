@@ -241,7 +241,7 @@ def test_a_replica_loads_only_what_its_serving_path_calls(target, expected, tmp_
         config = tmp_path / model / "config.pbtxt"
         text = config.read_text() if config.exists() else ""
         if "specific" not in text:  # what the export writes for a model it serves
-            config.write_text(text + "version_policy: { specific: { versions: [1] } }\n")
+            config.write_text(text + "version_policy {\n  specific {\n    versions: 1\n  }\n}\n")
     complete = subprocess.run(wait, capture_output=True, text=True, timeout=30, check=False)
     assert complete.returncode == 0, complete.stderr
 
