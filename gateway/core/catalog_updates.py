@@ -23,7 +23,7 @@ from visrec.gateway.core.observer import Observer, Stages
 from visrec.gateway.core.popular import PopularItems
 from visrec.platform.catalog import item_problem, online_fingerprint
 from visrec.platform.domain import CatalogChange, IndexInfo, Item, ItemUpsert, UpsertResult
-from visrec.platform.errors import FailedPrecondition, InvalidArgument
+from visrec.platform.errors import FailedPrecondition, InvalidArgument, VersionNotServed
 from visrec.platform.ports import CatalogEditor, ChangeLog, Embedder, VectorStore
 
 BATCH = 32  # images per Triton request
@@ -91,7 +91,7 @@ class CatalogUpdates:
                 try:
                     with self._stage("embed"):
                         vectors[t.collection] = await self._embed(items, t)
-                except FailedPrecondition as e:
+                except (FailedPrecondition, VersionNotServed) as e:
                     if n == 0:
                         raise
                     log.warning("not writing into %s (being built): %s", t.collection, e)

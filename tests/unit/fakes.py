@@ -19,7 +19,7 @@ from visrec.platform.domain import (
     ScoredItem,
     UserProfile,
 )
-from visrec.platform.errors import BackendUnavailable, FailedPrecondition, InvalidArgument
+from visrec.platform.errors import BackendUnavailable, InvalidArgument, VersionNotServed
 from visrec.platform.milvus.schema import item_from_row, item_row, users_collection
 
 
@@ -38,8 +38,8 @@ class FakeEmbedder:
     async def embed(self, images: Sequence[bytes], *, model_version: str) -> np.ndarray:
         self.calls += 1
         self.asked.append(model_version)
-        if model_version not in self.dims:
-            raise FailedPrecondition(f"serves {sorted(self.dims)}, asked {model_version}")
+        if model_version not in self.dims:  # as TritonEmbedder: not served now, retryable
+            raise VersionNotServed(f"serves {sorted(self.dims)}, asked {model_version}")
         if any(image.startswith(b"bad") for image in images):
             raise InvalidArgument("image rejected: cannot decode image")
         out = []

@@ -2,8 +2,9 @@
 same paths against real Triton and Milvus are in tests/integration/test_resilience.py): a caller
 without a valid token is refused by every RPC and nothing is written; a backend's unexpected
 error is INTERNAL with a generic message (nothing of the exception leaks); a model that does not
-serve the index's version is FAILED_PRECONDITION; a client deadline shorter than the server's
-cap ends the call at the client's deadline."""
+serve the index's version now is UNAVAILABLE (retryable), one in another embedding space is
+FAILED_PRECONDITION; a client deadline shorter than the server's cap ends the call at the
+client's deadline."""
 
 from __future__ import annotations
 
@@ -110,15 +111,18 @@ async def test_an_unexpected_error_is_internal_with_a_generic_message(rpc):
         await gw.stop()
 
 
-async def test_a_model_without_the_index_version_is_failed_precondition():
+@pytest.mark.parametrize("embedder, code, message", [
+    (FakeEmbedder(version="2"), grpc.StatusCode.UNAVAILABLE, "asked 1"),  # not served now
+    (FakeEmbedder(dim=8), grpc.StatusCode.FAILED_PRECONDITION, "4-d vectors"),  # wrong space
+], ids=["version-not-served", "dimension-mismatch"])
+async def test_a_model_that_cannot_embed_for_the_index(embedder, code, message):
     gw = await _gateway(GatewayConfig(index_refresh_s=0.2), InMemoryStore(_items(), INDEX),
-                        embedder=FakeEmbedder(version="2"))
+                        embedder=embedder)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await CALLS["SearchByImage"](pb_grpc.RecommenderStub(channel), timeout=10)
-            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "asked 1" in e.value.details()
+            assert e.value.code() == code and message in e.value.details(), e.value.details()
     finally:
         await gw.stop()
 

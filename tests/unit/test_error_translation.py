@@ -8,7 +8,12 @@ import pytest
 from pymilvus.exceptions import MilvusException
 from tritonclient.utils import InferenceServerException
 
-from visrec.platform.errors import BackendTimeout, BackendUnavailable, InvalidArgument
+from visrec.platform.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidArgument,
+    VersionNotServed,
+)
 from visrec.platform.milvus.connection import CollectionReleased, translate
 from visrec.platform.triton_embedder import _translate as translate_triton
 
@@ -52,7 +57,7 @@ def test_an_error_that_is_not_the_librarys_is_not_swallowed():
     ("StatusCode.INVALID_ARGUMENT", "in ensemble 'image_embedding', cannot decode",
      InvalidArgument),
     ("StatusCode.DEADLINE_EXCEEDED", "", BackendTimeout),
-    ("StatusCode.NOT_FOUND", "Request for unknown model", BackendUnavailable),
+    ("StatusCode.NOT_FOUND", "Request for unknown model", VersionNotServed),
     ("StatusCode.UNAVAILABLE", "Deadline Exceeded", BackendUnavailable),  # the text decides nothing
     ("StatusCode.INTERNAL", "unknown model", BackendUnavailable),
 ])

@@ -8,7 +8,12 @@ from tests.unit.fakes import FakeEmbedder, InMemoryStore
 from visrec.gateway.core.active_index import ActiveIndex
 from visrec.gateway.core.recommender import Limits, RecommenderCore
 from visrec.platform.domain import AnyOf, Equals, IndexInfo, Item, Range
-from visrec.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from visrec.platform.errors import (
+    BackendUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 
 INDEX = IndexInfo("items_v1", "1", 4, {"vendor": "string", "added_in": "number"}, 6)
 
@@ -111,7 +116,7 @@ async def test_search_by_image_uses_the_model_version_of_the_active_index():
 
 async def test_search_by_image_fails_when_triton_lacks_the_index_version():
     c, emb = core(embedder=FakeEmbedder(version="2"))
-    with pytest.raises(FailedPrecondition, match="asked 1"):
+    with pytest.raises(BackendUnavailable, match="asked 1"):  # retryable: not served now
         await c.search.search_by_image(photo(), 3)
     assert emb.asked == ["1"]
 

@@ -28,5 +28,10 @@ class BackendUnavailable(VisrecError):
     """Triton or Milvus is down or refused the call; retrying later may work."""
 
 
+class VersionNotServed(BackendUnavailable):
+    """The inference server does not serve that model version now (a replica that has not
+    loaded a rolled-out version yet, or a version unloaded after a killed rollout)."""
+
+
 class BackendTimeout(VisrecError):
     """An outbound call ran past its deadline."""

@@ -24,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from visrec.platform.errors import BackendTimeout, BackendUnavailable, InvalidArgument
+from visrec.platform.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidArgument,
+    VersionNotServed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +180,6 @@ def _translate(error: Exception, url: str, what: str = "") -> Exception:
     if status == "DEADLINE_EXCEEDED":
         return BackendTimeout(f"Triton ({url}) did not answer in time")
     if status == "NOT_FOUND":  # a replica without the version (not loaded yet, or unloaded)
-        return BackendUnavailable(f"Triton ({url}) does not serve {what or 'the model'} now: "
-                                  f"{message}")
+        return VersionNotServed(f"Triton ({url}) does not serve {what or 'the model'} now: "
+                                f"{message}")
     return BackendUnavailable(f"Triton ({url}) unavailable: {message or status}")

@@ -96,12 +96,16 @@ class MilvusServingStore:
     # The request path's reads: pymilvus' asyncio client, in the caller's loop (``read``).
     async def get_vectors(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, np.ndarray]:
         # Not MilvusClient.get(): it quotes string ids without escaping them.
+        if not ids:  # `id in []` is a segcore error on Milvus Lite
+            return {}
         rows = await self._db.read(lambda c, timeout: c.query(
             index.collection, filter=in_ids(ids), output_fields=["id", "vector"],
             consistency_level=READS, timeout=timeout))
         return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     async def get_items(self, index: IndexInfo, ids: Sequence[str]) -> Mapping[str, Item]:
+        if not ids:
+            return {}
         rows = await self._db.read(lambda c, timeout: c.query(
             index.collection, filter=in_ids(ids), output_fields=schema.ITEM_FIELDS,
             consistency_level=READS, timeout=timeout))
