@@ -7,6 +7,7 @@ first). ``VISREC_TEST_SEED=N ./scripts/test`` repeats a run: the same order, the
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if suite not in SUITES:
             raise pytest.UsageError(f"{item.nodeid}: tests live under tests/{{{','.join(SUITES)}}}")
         item.add_marker(getattr(pytest.mark, suite))
+
+
+@pytest.fixture(scope="session")
+def exported_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model exported once per run as version 1, for every suite that serves it
+    (read it; ``copy_repository`` it before adding versions or changing what it serves)."""
+    from visrec.export.cli import build_parser, run
+
+    repository = tmp_path_factory.mktemp("exported-v1")
+    assert run(build_parser().parse_args(["--target", "cpu", "--quiet",
+                                          "--repository", str(repository)])) == 1
+    return repository
+
+
+def copy_repository(source: Path, target: Path) -> Path:
+    """A model repository of one's own, from an exported one (files are small but for the
+    ONNX models; a copy keeps the session's export untouched)."""
+    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    return target

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from visrec.export.cli import build_parser
-from visrec.export.cli import run as run_export
+from tests.conftest import copy_repository
 from visrec.local.containers import Built, build_all, plan
 from visrec.local.demo_catalog import build_catalog
 
@@ -27,11 +26,9 @@ def images() -> dict[str, Built]:
 
 
 @pytest.fixture(scope="session")
-def repository_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repository = tmp_path_factory.mktemp("containers-models")
-    run_export(build_parser().parse_args(["--target", "cpu", "--quiet",
-                                          "--repository", str(repository)]))
-    return repository
+def repository_v1(exported_v1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's export of version 1, copied (the containers mount and roll it)."""
+    return copy_repository(exported_v1, tmp_path_factory.mktemp("containers-models"))
 
 
 @pytest.fixture(scope="session")

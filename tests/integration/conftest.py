@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.conftest import copy_repository
 from tests.support import free_port
 from visrec.export.cli import build_parser
 from visrec.export.cli import run as run_export
@@ -31,13 +33,10 @@ from visrec.platform.triton_embedder import TritonEmbedder
 
 
 @pytest.fixture(scope="session")
-def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository of this session with the default model exported as version 1 (the hot-
-    reload tests add versions to it, so it is not the checkout's model_repository/)."""
-    repository = tmp_path_factory.mktemp("model_repository")
-    run_export(build_parser().parse_args(["--target", "cpu", "--quiet",
-                                          "--repository", str(repository)]))
-    return repository
+def model_repository(exported_v1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository of this session with the default model as version 1 (the run's one export;
+    the hot-reload tests add versions to it, so it is not the checkout's model_repository/)."""
+    return copy_repository(exported_v1, tmp_path_factory.mktemp("model_repository"))
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +164,39 @@ def milvus_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="session")
 def milvus_server(milvus_server_process: MilvusServer) -> str:
+    """The shared server's URI (its "default" database): read it, write into an own one."""
     return milvus_server_process.uri
+
+
+@contextlib.contextmanager
+def own_database(server_uri: str) -> Iterator[str]:
+    """A database of its own on the shared Milvus server, as ``<uri>/<name>`` (what a
+    deployment names with VISREC_MILVUS_URI): no other test sees its collections, pointer or
+    logs, and it is dropped afterwards with all it holds."""
+    from pymilvus import MilvusClient
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    client = MilvusClient(uri=server_uri)
+    client.create_database(name)
+    try:
+        yield f"{server_uri}/{name}"
+    finally:
+        client.using_database(name)
+        for collection in client.list_collections():
+            with contextlib.suppress(Exception):
+                for alias in client.describe_collection(collection).get("aliases", ()):
+                    client.drop_alias(alias)
+            client.drop_collection(collection)
+        client.using_database("default")
+        client.drop_database(name)
+        client.close()
+
+
+@pytest.fixture
+def milvus_db(milvus_server: str) -> Iterator[str]:
+    """A test's own database on the Milvus server (see ``own_database``)."""
+    with own_database(milvus_server) as uri:
+        yield uri
 
 
 @pytest_asyncio.fixture(loop_scope="session")

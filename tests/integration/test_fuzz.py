@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
 
 import grpc
@@ -28,7 +29,7 @@ from visrec.platform._pb.visrec.v1 import recommender_pb2 as pb
 from visrec.platform._pb.visrec.v1 import recommender_pb2_grpc as pb_grpc
 from visrec.platform.triton_embedder import TritonEmbedder
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=40,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS,
@@ -104,12 +105,53 @@ async def test_similar_items_fuzz(fuzz_stub, item_id, k, flt):
     check_filtered(reply, flt)
 
 
+@pytest.fixture(scope="module")
+def demo_rows(catalog) -> list[dict]:
+    return [json.loads(line) for line in catalog.read_text().splitlines()]
+
+
+def real_conditions(rows: list[dict]) -> st.SearchStrategy[list[pb.Condition]]:
+    """Conditions on the catalog's own fields and values: each one matches some items."""
+    def values(field: str) -> list:
+        return sorted({r[field] for r in rows if field in r})
+
+    added = values("added_in")
+    condition = st.one_of(
+        st.builds(lambda v: pb.Condition(field="category", equals=v),
+                  st.sampled_from(values("category"))),
+        st.builds(lambda vs: pb.Condition(field="subcategory", any_of=pb.StringSet(values=vs)),
+                  st.lists(st.sampled_from(values("subcategory")), min_size=1, max_size=4)),
+        st.builds(lambda v: pb.Condition(field="vendor", equals=v),
+                  st.sampled_from(values("vendor"))),
+        st.builds(lambda a, b: pb.Condition(field="added_in", range=pb.NumericRange(
+            min=min(a, b), max=max(a, b))), st.sampled_from(added), st.sampled_from(added)),
+    )
+    return st.lists(condition, min_size=1, max_size=3)
+
+
+def row_holds(row: dict, c: pb.Condition) -> bool:
+    v = row.get(c.field)
+    kind = c.WhichOneof("test")
+    if kind == "equals":
+        return v == c.equals
+    if kind == "any_of":
+        return v in c.any_of.values
+    return v is not None and c.range.min <= v <= c.range.max
+
+
 @FUZZ
-@given(item_id=st.sampled_from(["google:1f600", "twitter:1f600"]), flt=filters)
-async def test_filters_on_real_items_never_return_what_they_exclude(fuzz_stub, item_id, flt):
-    reply = await outcome(fuzz_stub.SimilarItems(
-        pb.SimilarItemsRequest(item_id=item_id, k=20, filter=flt), timeout=30))
+@given(data=st.data())
+async def test_filters_on_real_items_never_return_what_they_exclude(fuzz_stub, demo_rows, data):
+    """Filters built from the catalog's values: what comes back satisfies every condition, and
+    something comes back whenever an item other than the query item does."""
+    item_id = data.draw(st.sampled_from(["google:1f600", "twitter:1f600"]))
+    flt = pb.Filter(conditions=data.draw(real_conditions(demo_rows)))
+    reply = await fuzz_stub.SimilarItems(
+        pb.SimilarItemsRequest(item_id=item_id, k=20, filter=flt), timeout=30)
     check_filtered(reply, flt)
+    matching = [r["id"] for r in demo_rows
+                if r["id"] != item_id and all(row_holds(r, c) for c in flt.conditions)]
+    assert bool(reply.items) == bool(matching), (len(matching), flt)
 
 
 @FUZZ
@@ -132,11 +174,37 @@ async def test_search_by_image_fuzz(fuzz_stub, image, k, flt):
     assert reply is None  # none of these bytes is an image
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def interaction_log(gateway, milvus_lite_uri):
+    """The log the shared gateway writes, read directly."""
+    db = MilvusDatabase(milvus_lite_uri, timeout_s=60)
+    yield db.store
+    await db.close()
+
+
 @FUZZ
-@given(user_id=ids, item_id=ids, kind=st.integers(-3, 12), request_id=ids)
-async def test_record_interaction_fuzz(fuzz_stub, user_id, item_id, kind, request_id):
-    await outcome(fuzz_stub.RecordInteraction(pb.RecordInteractionRequest(
-        user_id=user_id, item_id=item_id, type=kind, request_id=request_id), timeout=30))
+@given(user_id=ids, item_id=st.one_of(ids, st.sampled_from(["google:1f600", "twitter:1f602"])),
+       kind=st.integers(-3, 12), request_id=ids)
+async def test_record_interaction_fuzz(fuzz_stub, interaction_log, user_id, item_id, kind,
+                                       request_id):
+    """An acknowledged interaction is in the log; a refused one wrote nothing."""
+    valid_user = 0 < len(user_id) <= 256
+    before = (await interaction_log.recent_items([user_id], 1000)).get(user_id, ()) \
+        if valid_user else ()
+    try:
+        await fuzz_stub.RecordInteraction(pb.RecordInteractionRequest(
+            user_id=user_id, item_id=item_id, type=kind, request_id=request_id), timeout=30)
+    except grpc.aio.AioRpcError as e:
+        assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (
+            e.code(), e.details())
+        assert e.details()
+        if valid_user:
+            assert (await interaction_log.recent_items([user_id], 1000)).get(user_id, ()) \
+                == before
+        return
+    assert valid_user and item_id in ("google:1f600", "twitter:1f602")
+    after = await interaction_log.recent_items([user_id], 1000)
+    assert after[user_id][0] == item_id
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -147,12 +215,14 @@ async def fuzz_shop(triton, catalog, tmp_path_factory):
     uri = str(folder / "fuzz.db")
     db = MilvusDatabase(uri, timeout_s=60)
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=120)
-    await ingest(_small_catalog(catalog, folder, 20), db.admin, db.items, embedder,
+    small = _small_catalog(catalog, folder, 20)
+    shop_ids = [json.loads(line)["id"] for line in small.read_text().splitlines()]
+    await ingest(small, db.admin, db.items, embedder,
                  model_version="1", changes=db.changes, progress=False)
     await embedder.close()
     config = GatewayConfig(triton_url=triton.grpc_url, milvus_uri=uri, index_refresh_s=0.5)
     async with serving(config) as gw, grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
-        yield pb_grpc.RecommenderStub(ch), db
+        yield pb_grpc.RecommenderStub(ch), db, shop_ids
     await db.close()
 
 
@@ -166,7 +236,7 @@ def small_photo() -> bytes:
        image=st.binary(max_size=512))
 async def test_upsert_items_fuzz_stores_exactly_what_it_was_given(
         fuzz_shop, small_photo, item_id, name, category, vendor, real_image, image):
-    stub, db = fuzz_shop
+    stub, db, _ = fuzz_shop
 
     async def requests():
         item = pb.Item(id=item_id, name=name, category=category)
@@ -184,19 +254,36 @@ async def test_upsert_items_fuzz_stores_exactly_what_it_was_given(
 
 
 @FUZZ
-@given(item_ids=st.lists(ids, max_size=6))
-async def test_delete_items_fuzz_deletes_nothing_it_was_not_given(fuzz_shop, item_ids):
-    stub, db = fuzz_shop
+@given(data=st.data())
+async def test_delete_items_fuzz_deletes_nothing_it_was_not_given(fuzz_shop, small_photo, data):
+    """Real ids among hostile ones: exactly the named items that exist go (and are put back
+    for the next example), or nothing does."""
+    stub, db, shop_ids = fuzz_shop
     info = await db.store.active_index()
+    shop = sorted((await db.store.get_items(info, shop_ids)).values(), key=lambda i: i.id)
+    assert shop, "the fuzz shop lost its demo items"
+    item_ids = data.draw(st.lists(st.one_of(ids, st.sampled_from([i.id for i in shop])),
+                                  max_size=6))
     before = await asyncio.to_thread(db.admin.count, info.collection)
+    valid = bool(item_ids) and all(0 < len(i) <= 256 for i in item_ids)
     existing = set(await db.store.get_items(info, list(dict.fromkeys(item_ids)))) \
-        if item_ids and all(0 < len(i) <= 256 for i in item_ids) else set()
+        if valid else set()
     reply = await outcome(stub.DeleteItems(pb.DeleteItemsRequest(item_ids=item_ids),
                                            timeout=30))
     after = await asyncio.to_thread(db.admin.count, info.collection)
     deleted = reply.deleted if reply is not None else 0
     assert deleted == (len(existing) if reply is not None else 0)
     assert after == before - deleted
+    if reply is not None and existing:  # gone; then put the demo items back
+        assert not await db.store.get_items(info, sorted(existing))
+        async def again():
+            for item in shop:
+                if item.id in existing:
+                    message = pb.Item(id=item.id, name=item.name, category=item.category,
+                                      subcategory=item.subcategory)
+                    message.attributes.update(dict(item.attributes))
+                    yield pb.UpsertItemsRequest(item=message, image=small_photo)
+        assert (await stub.UpsertItems(again(), timeout=60)).upserted == len(existing)
 
 
 async def test_oversize_message_is_refused_and_the_gateway_keeps_serving(fuzz_stub, gateway):

@@ -88,10 +88,10 @@ async def test_re_serving_a_version_with_replaced_files_has_no_downtime(
 
 @pytest.mark.timeout(900)
 async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
-        triton, catalog, version_2, milvus_server, model_repository, tmp_path):
+        triton, catalog, version_2, milvus_db, model_repository, tmp_path):
     """Against a real Milvus server (aliases exist there): kill `visrec-rollout` during the
     re-embedding, check version 1 still serves, run it again to completion, roll back."""
-    db = MilvusDatabase(milvus_server, timeout_s=60)
+    db = MilvusDatabase(milvus_db, timeout_s=60)
     store = db.store
     embedder = TritonEmbedder(triton.grpc_url, timeout_s=300)
     versions = TritonFleet(triton.grpc_url, model_repository)
@@ -105,7 +105,7 @@ async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
 
         cli = [str(Path(sys.executable).parent / "visrec-rollout"), "--to", version_2,
                "--repository", str(model_repository), "--catalog",
-               str(small), "--milvus-uri", milvus_server, "--triton-url", triton.grpc_url,
+               str(small), "--milvus-uri", milvus_db, "--triton-url", triton.grpc_url,
                "--grace-s", "1", "-q"]
         proc = await asyncio.create_subprocess_exec(
             *cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
@@ -136,7 +136,7 @@ async def test_a_killed_rollout_leaves_the_old_version_and_a_rerun_completes(
             f"items_v{version_2}"
 
         rollback = [cli[0], "--to", "1", "--repository", str(model_repository),
-                    "--milvus-uri", milvus_server,
+                    "--milvus-uri", milvus_db,
                     "--triton-url", triton.grpc_url, "--grace-s", "1", "-q"]
         back = await asyncio.to_thread(subprocess.run, rollback, capture_output=True, text=True,
                                        timeout=600, check=False, cwd=ROOT)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from tests.integration.conftest import own_database
 from tests.integration.test_milvus_store import _fill
 from tests.support import ROOT, free_port, photo, truncated_png
 from visrec.export.milvus import MilvusDatabase
@@ -88,8 +89,15 @@ def prometheus(tmp_path_factory, gateway, ab_gateway, triton, milvus_server_proc
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def under_traffic(prometheus, gateway, ab_gateway, milvus_server) -> AsyncIterator[None]:
-    """Twelve seconds of real traffic on every path while Prometheus scrapes each second."""
-    db = MilvusDatabase(milvus_server, timeout_s=30)
+    """Twelve seconds of real traffic on every path while Prometheus scrapes each second (and
+    the Milvus server serves searches, in a database of this module's own)."""
+    with own_database(milvus_server) as uri:
+        async for _ in _traffic(gateway, ab_gateway, uri):
+            yield
+
+
+async def _traffic(gateway, ab_gateway, uri: str) -> AsyncIterator[None]:
+    db = MilvusDatabase(uri, timeout_s=30)
     store = db.store
     info = _fill(db, "items_v905")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as plain_ch, \
